@@ -1,0 +1,223 @@
+r"""2-D convolution (cross-correlation, as every CNN library computes it), NHWC / HWIO.
+
+Forward, for stride ``s``, dilation ``d`` and top/left padding ``pt, pl`` (ERRATA 1; the
+paper's Eq. 29 is garbled):
+
+.. math::
+
+    z[n,i,j,f] = b[f] + \sum_{p<k_h,\,q<k_w,\,r<C} W[p,q,r,f]\; X_{pad}[n,\ s i + d p,\ s j + d q,\ r]
+
+    a = g(z)
+
+Output size per spatial axis: ``H' = floor((H + pt + pb - d (k_h - 1) - 1) / s) + 1``.
+
+Backward, with ``delta = dL/dz = dL/da * g'(z)``:
+
+.. math::
+
+    dW[p,q,r,f] = \sum_{n,i,j} delta[n,i,j,f]\; X_{pad}[n,\ s i + d p,\ s j + d q,\ r]   (ERRATA 13)
+
+    db[f] = \sum_{n,i,j} delta[n,i,j,f]                                               (ERRATA 14)
+
+    dX_{pad}[n,\ s i + d p,\ s j + d q,\ r] \mathrel{+}= \sum_f delta[n,i,j,f]\; W[p,q,r,f]
+
+The last line is the "full convolution with the kernel rotated by 180 degrees" of
+the paper's Eq. 45, written as a scatter; ``dX`` is the padded gradient cropped back.
+Nothing updates ``X`` (ERRATA 11): ``dX`` is passed to the layer before.
+
+Implementation: the input windows are gathered once (im2col, through a strided view, in
+(kh, kw, C) order so that each copied run is a contiguous C-vector) into
+``cols (N*H'*W', kh*kw*C)``; then ``z = cols @ W.reshape(kh*kw*C, F)``,
+``dW = cols^T @ delta``, and ``dcols = delta @ W^T`` is scattered back by a loop over the
+``kh*kw`` kernel offsets (col2im), each a vectorized slice-add.
+
+Shapes:
+    x: (N, H, W, C)   W: (kh, kw, C, F)   b: (F,)   z, a: (N, H', W', F)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from cnncli.errors import ConfigError
+from cnncli.nn import _check
+from cnncli.nn.initializers import INITIALIZERS, initialize
+from cnncli.nn.layers.base import LAYERS, ActivatedLayer
+
+Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
+
+
+def parse_padding(name: str, value: object) -> object:
+    """``valid``, ``same``, an int >= 0, or [int, int] (rows, columns; symmetric)."""
+    if value in ("valid", "same"):
+        return value
+    try:
+        return _check.pair(name, value, minimum=0)
+    except ConfigError:
+        raise ConfigError(name, "'valid', 'same', an int >= 0 or [int, int]", value) from None
+
+
+def resolve_padding(padding: object, size: tuple[int, int], kernel: tuple[int, int],
+                    stride: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> Padding:
+    """Explicit (top, bottom, left, right) padding.
+
+    ``same`` follows TensorFlow/Keras: the output has ``ceil(H / s)`` rows, the total
+    padding ``max((ceil(H/s) - 1) s + d (k - 1) + 1 - H, 0)`` is split with the odd row at
+    the bottom (right).
+    """
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        pads = []
+        for n, k, s, d in zip(size, kernel, stride, dilation):
+            out = -(-n // s)
+            total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)  # type: ignore[return-value]
+    ph, pw = padding  # type: ignore[misc]
+    return (ph, ph, pw, pw)
+
+
+def output_size(n: int, pad_before: int, pad_after: int, k: int, s: int, d: int = 1) -> int:
+    """``floor((n + pads - d (k - 1) - 1) / s) + 1``; <= 0 when the kernel does not fit."""
+    return (n + pad_before + pad_after - d * (k - 1) - 1) // s + 1
+
+
+def pad_input(x: np.ndarray, pads: Padding, value: float = 0.0) -> np.ndarray:
+    """x (N, H, W, C) -> (N, H+pt+pb, W+pl+pr, C); no copy when there is no padding."""
+    pt, pb, pl, pr = pads
+    if not any(pads):
+        return x
+    n, h, w, c = x.shape
+    out = np.full((n, h + pt + pb, w + pl + pr, c), value, dtype=x.dtype)
+    out[:, pt:pt + h, pl:pl + w, :] = x
+    return out
+
+
+def windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+            dilation: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """Read-only strided view of every window: (N, H', W', kh, kw, C), no copy."""
+    n, _, _, c = xp.shape
+    sn, sh, sw, sc = xp.strides
+    (kh, kw), (s_h, s_w), (d_h, d_w), (ho, wo) = kernel, stride, dilation, out_hw
+    return as_strided(xp, shape=(n, ho, wo, kh, kw, c),
+                      strides=(sn, s_h * sh, s_w * sw, d_h * sh, d_w * sw, sc), writeable=False)
+
+
+def im2col(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
+    """Padded input (N, Hp, Wp, C) -> cols (N*H'*W', kh*kw*C), patch order (kh, kw, C)."""
+    win = windows(xp, kernel, stride, dilation, out_hw)  # (N, H', W', kh, kw, C)
+    n, ho, wo, kh, kw, c = win.shape
+    return win.reshape(n * ho * wo, kh * kw * c)  # copy: (N*H'*W', kh*kw*C)
+
+
+def col2im(dcols: np.ndarray, padded_shape: tuple[int, int, int, int], kernel, stride, dilation,
+           out_hw) -> np.ndarray:
+    """Adjoint of :func:`im2col`: sum each window's gradient back into (N, Hp, Wp, C)."""
+    n, hp, wp, c = padded_shape
+    (kh, kw), (s_h, s_w), (d_h, d_w), (ho, wo) = kernel, stride, dilation, out_hw
+    dcols6 = dcols.reshape(n, ho, wo, kh, kw, c)  # (N, H', W', kh, kw, C)
+    dxp = np.zeros(padded_shape, dtype=dcols.dtype)
+    for p in range(kh):
+        rows = slice(p * d_h, p * d_h + s_h * (ho - 1) + 1, s_h)
+        for q in range(kw):
+            cols = slice(q * d_w, q * d_w + s_w * (wo - 1) + 1, s_w)
+            dxp[:, rows, cols, :] += dcols6[:, :, :, p, q, :]
+    return dxp
+
+
+def crop(xp: np.ndarray, pads: Padding) -> np.ndarray:
+    """Undo :func:`pad_input`: (N, Hp, Wp, C) -> (N, H, W, C)."""
+    pt, pb, pl, pr = pads
+    if not any(pads):
+        return xp
+    return xp[:, pt:xp.shape[1] - pb, pl:xp.shape[2] - pr, :]
+
+
+@LAYERS.register("conv2d")
+class Conv2D(ActivatedLayer):
+    """2-D convolution with an optional fused activation; see the module docstring."""
+
+    type_name = "conv2d"
+
+    def __init__(self, *, filters, kernel_size, stride=1, padding="valid", dilation=1,
+                 use_bias=True, activation=None, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros"):
+        super().__init__(activation)
+        self.filters = _check.positive_int("filters", filters)
+        self.kernel_size = _check.pair("kernel_size", kernel_size)
+        self.stride = _check.pair("stride", stride)
+        self.padding = parse_padding("padding", padding)
+        self.dilation = _check.pair("dilation", dilation)
+        self.use_bias = _check.boolean("use_bias", use_bias)
+        INITIALIZERS.get(kernel_initializer, "kernel_initializer")
+        INITIALIZERS.get(bias_initializer, "bias_initializer")
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+
+    def config(self):
+        return {
+            "type": self.type_name, "filters": self.filters, "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+            "dilation": list(self.dilation), "use_bias": self.use_bias,
+            "activation": self.activation_config(),
+            "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer,
+        }
+
+    def _build(self, input_shape, rng):
+        if len(input_shape) != 3:
+            raise self._shape_error(f"expected an input of shape (H, W, C); got {input_shape}")
+        h, w, c = input_shape
+        self.pads = resolve_padding(self.padding, (h, w), self.kernel_size, self.stride, self.dilation)
+        pt, pb, pl, pr = self.pads
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        ho = output_size(h, pt, pb, kh, sh, dh)
+        wo = output_size(w, pl, pr, kw, sw, dw)
+        if ho < 1 or wo < 1:
+            span = f"{dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}"
+            raise self._shape_error(
+                f"kernel {kh}x{kw} (span {span} with dilation) is larger than its padded input "
+                f"{h + pt + pb}x{w + pl + pr}; input shape {input_shape}")
+        self.out_hw = (ho, wo)
+        fan_in, fan_out = kh * kw * c, kh * kw * self.filters
+        self.params["kernel"] = initialize(self.kernel_initializer, (kh, kw, c, self.filters), rng,
+                                           self.dtype, fan_in, fan_out)
+        if self.use_bias:
+            self.params["bias"] = initialize(self.bias_initializer, (self.filters,), rng, self.dtype,
+                                             fan_in, fan_out)
+        return (ho, wo, self.filters)
+
+    def forward_flops(self):
+        kh, kw = self.kernel_size
+        c = self.input_shape[2]
+        ho, wo = self.out_hw
+        return 2 * kh * kw * c * self.filters * ho * wo + (self.filters * ho * wo if self.use_bias else 0)
+
+    def forward_linear(self, x, training):
+        n = x.shape[0]
+        kh, kw = self.kernel_size
+        ho, wo = self.out_hw
+        xp = pad_input(x, self.pads)  # (N, Hp, Wp, C)
+        self._padded_shape = xp.shape
+        self._cols = im2col(xp, self.kernel_size, self.stride, self.dilation, self.out_hw)
+        w2d = self.params["kernel"].reshape(-1, self.filters)  # (kh*kw*C, F)
+        z = self._cols @ w2d  # (N*H'*W', F)
+        if self.use_bias:
+            z += self.params["bias"]
+        return z.reshape(n, ho, wo, self.filters)  # (N, H', W', F)
+
+    def backward_linear(self, dz):
+        dz2d = dz.reshape(-1, self.filters)  # (N*H'*W', F)
+        kernel = self.params["kernel"]
+        self.grads["kernel"] = (self._cols.T @ dz2d).reshape(kernel.shape)  # (kh*kw*C, F) -> HWIO
+        if self.use_bias:
+            self.grads["bias"] = dz2d.sum(axis=0)
+        if not self.needs_input_grad:
+            return None
+        dcols = dz2d @ kernel.reshape(-1, self.filters).T  # (N*H'*W', kh*kw*C)
+        dxp = col2im(dcols, self._padded_shape, self.kernel_size, self.stride, self.dilation, self.out_hw)
+        return crop(dxp, self.pads)
