@@ -1,3 +1,32 @@
-"""cnncli: configuration-driven CNN experiments on a from-scratch NumPy engine."""
+"""cnncli: configuration-driven CNN experiments on a from-scratch NumPy engine.
+
+The Python API (imported lazily, so that ``import cnncli.nn`` stays pure NumPy):
+
+* ``cnncli.load_config(path_or_dict, overrides=[...])`` -> a validated, resolved Config
+* ``cnncli.build(config)`` -> ``network, loss, optimizer``
+* ``cnncli.train(config, runs_dir="runs")`` -> a Run (folder path, history, best epoch)
+* ``cnncli.evaluate_run(run_dir)`` and ``cnncli.predict(run_dir, images)``
+"""
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "load_config": ("cnncli.config", "load_config"),
+    "Config": ("cnncli.config", "Config"),
+    "build": ("cnncli.build", "build"),
+    "train": ("cnncli.experiment", "train"),
+    "evaluate_run": ("cnncli.experiment", "evaluate_run"),
+    "predict": ("cnncli.experiment", "predict"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'cnncli' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

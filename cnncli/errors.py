@@ -21,11 +21,13 @@ class ConfigError(CnnCliError):
     engine can say ``kernel_size`` and the config layer ``model.layers[2].kernel_size``.
     """
 
-    def __init__(self, path: str, expected: str, got: object = None, *, raw: str | None = None):
+    def __init__(self, path: str, expected: str, got: object = None, *, raw: str | None = None,
+                 source: str | None = None):
         self.path = path
         self.expected = expected
         self.got = got
         self.raw = raw
+        self.source = source
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -33,7 +35,12 @@ class ConfigError(CnnCliError):
             body = self.raw
         else:
             body = f"expected {self.expected}; got {_show(self.got)}"
-        return f"{self.path}: {body}" if self.path else body
+        text = f"{self.path}: {body}" if self.path else body
+        return f"{self.source}: {text}" if self.source else text
+
+    def in_file(self, source: str | None) -> "ConfigError":
+        """The same error, said of the file ``source``."""
+        return ConfigError(self.path, self.expected, self.got, raw=self.raw, source=source)
 
     def prefixed(self, prefix: str) -> "ConfigError":
         """The same error with ``prefix`` put before the key path."""
@@ -45,7 +52,7 @@ class ConfigError(CnnCliError):
             path = prefix + self.path
         else:
             path = f"{prefix}.{self.path}"
-        return ConfigError(path, self.expected, self.got, raw=self.raw)
+        return ConfigError(path, self.expected, self.got, raw=self.raw, source=self.source)
 
 
 class ShapeError(CnnCliError):

@@ -1,0 +1,53 @@
+"""Config -> engine objects, through the registries: the network, the loss, the optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnncli.config import Config, load_config
+from cnncli.errors import ConfigError, ShapeError
+from cnncli.nn.losses import Loss, make_loss
+from cnncli.nn.network import Network
+from cnncli.nn.optimizers import Optimizer, make_optimizer
+
+
+@dataclass
+class Built:
+    """What :func:`build` returns: unpacks as ``network, loss, optimizer``."""
+
+    network: Network
+    loss: Loss
+    optimizer: Optimizer
+
+    def __iter__(self):
+        return iter((self.network, self.loss, self.optimizer))
+
+
+def build_network(values: dict) -> Network:
+    """The model section's network, built on its input shape with the config's seed and dtype.
+
+    A layer that cannot take its input is reported as ``model.layers[i]: ...``.
+    """
+    model = values["model"]
+    try:
+        net = Network(model["layers"])
+        net.build(tuple(model["input_shape"]), seed=values["seed"], dtype=values["train"]["dtype"])
+    except ShapeError as err:
+        raise ConfigError(f"model.layers[{err.index}]", "", None, raw=err.message) from None
+    except ConfigError as err:
+        raise err.prefixed("model") from None
+    return net
+
+
+def build(config: Config | dict | str) -> Built:
+    """Network (built, seeded), loss and optimizer of a config (a Config, dict or YAML path)."""
+    if not isinstance(config, Config):
+        config = load_config(config)
+    values = config.values
+    try:
+        network = build_network(values)
+        loss = make_loss(values["loss"], "loss")
+        optimizer = make_optimizer(values["optimizer"], "optimizer")
+    except ConfigError as err:
+        raise err.in_file(config.source) if config.source and not err.source else err
+    return Built(network, loss, optimizer)

@@ -1,0 +1,275 @@
+"""The ``cnncli`` command line: the only module that prints (Typer + rich).
+
+User errors (:class:`~cnncli.errors.CnnCliError`) become one line on stderr,
+``error: <file>: <key path>: ...``, and exit code 2; anything else keeps its traceback,
+because a bug should look like a bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import cnncli
+from cnncli.errors import CnnCliError
+
+app = typer.Typer(
+    name="cnncli",
+    help="Configuration-driven CNN experiments on a from-scratch NumPy engine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"cnncli {cnncli.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Train, evaluate and inspect convolutional networks declared in YAML."""
+
+
+def user_errors(fn):
+    """Turn CnnCliError into one line on stderr and its exit code (2)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CnnCliError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- progress
+class ProgressDisplay:
+    """A rich progress bar per epoch with loss, accuracy and images/s."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task = None
+        self.epochs = 0
+        self.steps = 0
+
+    def on_train_start(self, epochs, steps_per_epoch):
+        self.epochs, self.steps = epochs, steps_per_epoch
+
+    def on_epoch_start(self, epoch):
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}"), BarColumn(bar_width=30),
+            MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+            console=console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=self.steps, stats="")
+
+    def on_batch_end(self, epoch, batch, loss, accuracy, images_per_second):
+        self.progress.update(self.task, completed=batch,
+                             stats=f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_second:,.0f} img/s")
+
+    def on_epoch_end(self, m, improved):
+        self.progress.stop()
+        val = ""
+        if m.val_loss is not None:
+            val = f"  val_loss {m.val_loss:.4f}  val_acc {m.val_accuracy:.3f}"
+        mark = " [green]*[/]" if improved else ""
+        console.print(f"epoch {m.epoch:>{len(str(self.epochs))}}/{self.epochs}  loss {m.loss:.4f}  "
+                      f"acc {m.accuracy:.3f}{val}  {m.seconds:.1f}s  {m.images_per_second:,.0f} img/s{mark}",
+                      highlight=False, soft_wrap=True)
+
+    def on_train_end(self, result):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+# ---------------------------------------------------------------------------- summary
+def summary_table(summary) -> Table:
+    from cnncli.summary import calculation_text, human_bytes, human_flops, shape_text
+
+    table = Table(title=f"input {shape_text(summary.input_shape)} ({summary.dtype})", title_justify="left")
+    for col, justify in (("#", "right"), ("layer", "left"), ("output", "left"), ("calculation", "left"),
+                         ("weights", "right"), ("biases", "right"), ("parameters", "right"),
+                         ("forward FLOPs", "right")):
+        table.add_column(col, justify=justify)
+    for r in summary.rows:
+        table.add_row(str(r.index), r.layer, shape_text(r.output_shape), calculation_text(r), f"{r.weights:,}",
+                      f"{r.biases:,}", f"{r.params:,}", f"{r.flops:,}")
+    table.add_section()
+    table.add_row("", "total", "", "", f"{summary.weights:,}", f"{summary.biases:,}", f"{summary.params:,}",
+                  f"{summary.flops:,}", style="bold")
+    table.caption = (f"{summary.params:,} parameters = {summary.weights:,} weights + {summary.biases:,} biases "
+                     f"({human_bytes(summary.param_bytes)}); activations {human_bytes(summary.activation_bytes)} "
+                     f"per example; forward {human_flops(summary.flops)} per example")
+    table.caption_justify = "left"
+    return table
+
+
+# ---------------------------------------------------------------------------- commands
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="Experiment config (YAML).", exists=False, dir_okay=False),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                                   help="Override a config value (YAML), e.g. optimizer.lr=0.01. Repeatable."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are created."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table or progress bars."),
+) -> None:
+    """Train CONFIG into a new run folder under runs/."""
+    from cnncli.experiment import train as run_training
+    from cnncli.summary import summarize
+
+    def ready(run_dir, cfg, network, data):
+        if quiet:
+            return
+        console.print(summary_table(summarize(network)))
+        info = data.info
+        extra = f", {len(info['skipped'])} unreadable skipped" if info.get("skipped") else ""
+        cached = " (from cache)" if info.get("cached") else ""
+        console.print(f"data: {cfg['data']['source']}{cached}, classes {', '.join(data.class_names)}; "
+                      f"train {info['train']}, validation {info['validation']}, test {info['test']}{extra}",
+                      highlight=False)
+        for f in info.get("skipped", [])[:10]:
+            err_console.print(f"warning: skipped unreadable image {f}", highlight=False)
+        opt = cfg["optimizer"]
+        console.print(f"seed {cfg['seed']}; loss {cfg['loss']['name']} ({cfg['loss']['reduction']}); optimizer "
+                      f"{opt['name']} lr {opt['lr']:g}; {cfg['train']['epochs']} epochs of batch "
+                      f"{cfg['train']['batch_size']}; run folder {run_dir}", highlight=False)
+
+    callbacks = () if quiet else (ProgressDisplay(),)
+    try:
+        run = run_training(str(config), overrides=set_, runs_dir=runs_dir, name=name, callbacks=callbacks,
+                           on_ready=ready)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: completed epochs and checkpoints are kept in the run folder "
+                          "(status.json says interrupted)")
+        raise typer.Exit(130) from None
+    best = run.best
+    if best is not None:
+        val = (f"val_loss {best.val_loss:.4f}, val_accuracy {best.val_accuracy:.4f}" if best.val_loss is not None
+               else f"loss {best.loss:.4f}, accuracy {best.accuracy:.4f}")
+        console.print(f"best epoch {best.epoch} ({run.result.monitor}): {val}", highlight=False)
+    if run.result.stopped_early:
+        console.print(f"stopped early after epoch {run.history[-1].epoch}", highlight=False)
+    console.print(f"run: {run.path}", highlight=False)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the most recent under runs/)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", "-c", help="best or last."),
+    data_path: Optional[Path] = typer.Option(None, "--data-path", help="Evaluate on other data of the same kind."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
+) -> None:
+    """Evaluate a run: loss, accuracy, confusion matrix, per-class precision/recall/F1."""
+    from cnncli.experiment import evaluate_run
+    from cnncli.runs import resolve_run_dir
+
+    if checkpoint not in ("best", "last"):
+        raise CnnCliError(f"--checkpoint: expected best or last; got {checkpoint!r}")
+    path = resolve_run_dir(run_dir, runs_dir)
+    report = evaluate_run(path, checkpoint=checkpoint, data_path=str(data_path) if data_path else None)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    names = report["class_names"]
+    console.print(f"{path} ({checkpoint} checkpoint, epoch {report['epoch']}) on {report['data']}: "
+                  f"{report['examples']} examples", highlight=False)
+    console.print(f"loss {report['loss']:.4f}   accuracy {report['accuracy']:.4f}", highlight=False)
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    cm.add_column("")
+    for n in names:
+        cm.add_column(n, justify="right")
+    for n, row in zip(names, report["confusion_matrix"]):
+        cm.add_row(n, *(str(v) for v in row))
+    console.print(cm)
+    scores = Table(title="per class", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        scores.add_column(col, justify="left" if col == "class" else "right")
+    for i, n in enumerate(names):
+        scores.add_row(n, f"{report['precision'][i]:.4f}", f"{report['recall'][i]:.4f}", f"{report['f1'][i]:.4f}",
+                       str(report["support"][i]))
+    console.print(scores)
+    console.print(f"written to {path / 'eval.json'}", highlight=False)
+
+
+@app.command()
+@user_errors
+def summary(
+    target: Optional[Path] = typer.Argument(None, help="A config file or a run folder (default: the most recent run)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, markdown, csv or json."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a config value."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
+) -> None:
+    """The paper's Table 5 for a network: shapes, parameter arithmetic, FLOPs, memory."""
+    from cnncli.build import build
+    from cnncli.config import load_config
+    from cnncli.runs import resolve_run_dir
+    from cnncli.summary import summarize, to_csv, to_json, to_markdown
+
+    if fmt not in ("table", "markdown", "csv", "json"):
+        raise CnnCliError(f"--format: expected table, markdown, csv or json; got {fmt!r}")
+    if target is None or target.is_dir():
+        target = resolve_run_dir(target, runs_dir) / "config.yaml"
+    config = load_config(str(target), set_, check_paths=False)
+    s = summarize(build(config).network)
+    if fmt == "table":
+        console.print(summary_table(s))
+    else:
+        print({"markdown": to_markdown, "csv": to_csv, "json": to_json}[fmt](s), end="" if fmt == "csv" else "\n")
+
+
+@app.command()
+@user_errors
+def predict(
+    paths: List[Path] = typer.Argument(..., help="[RUN_DIR] IMAGE...: a run folder (default: the most recent) "
+                                            "and image files."),
+    checkpoint: str = typer.Option("best", "--checkpoint", "-c", help="best or last."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
+) -> None:
+    """Class and probability for each image."""
+    from cnncli.experiment import predict as run_predict
+    from cnncli.runs import resolve_run_dir
+
+    if checkpoint not in ("best", "last"):
+        raise CnnCliError(f"--checkpoint: expected best or last; got {checkpoint!r}")
+    if paths and paths[0].is_dir():
+        run_dir, images = resolve_run_dir(paths[0], runs_dir), paths[1:]
+    else:
+        run_dir, images = resolve_run_dir(None, runs_dir), paths
+    if not images:
+        raise CnnCliError("predict: give at least one image file")
+    results = run_predict(run_dir, [str(p) for p in images], checkpoint=checkpoint)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    table = Table(title=f"{run_dir} ({checkpoint})", title_justify="left")
+    table.add_column("image")
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    for r in results:
+        table.add_row(r["image"], r["class"], f"{r['probability']:.4f}")
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

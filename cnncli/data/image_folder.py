@@ -1,0 +1,131 @@
+"""Images in class folders: ``root/<class>/*.{jpg,jpeg,png,bmp,gif,webp}``, read with Pillow.
+
+Classes are the sub-folders of ``root`` in byte order of their names (``sorted``), so
+the order is deterministic (``Motorbikes`` before ``airplanes``) and recorded in the
+run. Each image is converted to the configured channels (greyscale to RGB by repeating,
+RGB to greyscale by luminance, with Pillow's ``convert``) and resized to the input size
+with bilinear interpolation. A file that cannot be decoded is an error naming it, or,
+with ``on_bad_image: skip``, left out and listed.
+
+Decoded arrays can be cached as an ``.npz`` keyed by the files (names, sizes,
+modification times) and the settings, so a second run does not decode again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import DataError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+CACHE_VERSION = 1
+
+
+@dataclass
+class FolderImages:
+    x: np.ndarray  # (N, H, W, C) uint8
+    y: np.ndarray  # (N,) int64
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)
+    cached: bool = False
+
+
+def list_classes(root: Path) -> list[tuple[str, list[Path]]]:
+    """[(class name, sorted image files)] of the class folders under ``root``."""
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders; expected {root}/<class>/<image files>")
+    out = []
+    for folder in classes:
+        files = sorted(p for p in folder.iterdir()
+                       if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+        if not files:
+            raise DataError(f"{folder}: no image files ({', '.join(EXTENSIONS)})")
+        out.append((folder.name, files))
+    if len(out) < 2:
+        raise DataError(f"{root}: found 1 class folder ({out[0][0]}); a classifier needs at least 2")
+    return out
+
+
+def load_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
+    """One image file -> uint8 (H, W, C); raises OSError/ValueError when it cannot be decoded."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB" if channels == 3 else "L")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr.reshape(height, width, channels)
+
+
+def cache_key(classes: list[tuple[str, list[Path]]], root: Path, shape: tuple[int, int, int]) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"v": CACHE_VERSION, "shape": shape, "root": str(root.resolve()),
+                              "resample": "bilinear"}).encode())
+    for name, files in classes:
+        for f in files:
+            st = f.stat()
+            digest.update(f"{name}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_image: str = "error",
+                      cache_dir: str | Path | None = None) -> FolderImages:
+    """Decode every image under ``root`` to uint8 ``shape`` = (H, W, C)."""
+    root = Path(root)
+    height, width, channels = shape
+    if channels not in (1, 3):
+        raise DataError(f"{root}: images can be read with 1 or 3 channels; the model's input has {channels}")
+    classes = list_classes(root)
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"image_folder-{cache_key(classes, root, shape)}.npz"
+        if cache_file.is_file():
+            try:
+                with np.load(cache_file, allow_pickle=False) as c:
+                    if str(c["on_bad_image"]) == on_bad_image:
+                        return FolderImages(c["x"], c["y"], [str(s) for s in c["class_names"]],
+                                            [str(s) for s in c["skipped"]], cached=True)
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache is rebuilt
+    images, labels, skipped = [], [], []
+    for label, (_, files) in enumerate(classes):
+        for f in files:
+            try:
+                images.append(load_image(f, height, width, channels))
+            except (OSError, ValueError, SyntaxError) as err:
+                if on_bad_image == "error":
+                    raise DataError(f"{f}: not a readable image ({err}); "
+                                    "set data.on_bad_image: skip to leave such files out") from None
+                skipped.append(str(f))
+                continue
+            labels.append(label)
+    names = [name for name, _ in classes]
+    if not images:
+        raise DataError(f"{root}: no readable images")
+    result = FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), names, skipped)
+    if cache_file is not None:
+        _write_cache(cache_file, result, on_bad_image)
+    return result
+
+
+def _write_cache(path: Path, data: FolderImages, on_bad_image: str) -> None:
+    """Best effort: a cache that cannot be written is simply not there next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, x=data.x, y=data.y, class_names=np.array(data.class_names),
+                     skipped=np.array(data.skipped, dtype=str), on_bad_image=np.array(on_bad_image))
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -1,0 +1,43 @@
+"""Arrays from a ``.npz`` file: images ``x`` (N, H, W[, C]) and labels ``y`` (N,) or one-hot (N, K).
+
+Loaded with ``allow_pickle=False``: a file holding Python objects is refused, never run.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import DataError
+
+
+def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in (x_key, y_key) if k not in archive.files]
+            if missing:
+                raise DataError(f"{path}: no array {missing[0]!r}; it holds {', '.join(archive.files) or 'nothing'}")
+            x, y = archive[x_key], archive[y_key]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise DataError(f"{path}: cannot be read as an npz file ({type(err).__name__}: {err})") from None
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{path}: {x_key} has dtype {x.dtype}; expected numbers")
+    if x.ndim == 3:
+        x = x[..., None]  # (N, H, W) -> (N, H, W, 1)
+    if x.ndim != 4:
+        raise DataError(f"{path}: {x_key} has shape {x.shape}; expected (N, H, W) or (N, H, W, C)")
+    if y.ndim == 2:
+        y = y.argmax(axis=1)  # one-hot (N, K) -> (N,)
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: {y_key} has shape {y.shape}; expected ({len(x)},) labels or one-hot rows")
+    if y.dtype.kind == "f":
+        if not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{path}: {y_key} holds non-integer labels")
+    elif y.dtype.kind not in "iub":
+        raise DataError(f"{path}: {y_key} has dtype {y.dtype}; expected integer labels")
+    return x, y.astype(np.int64)

@@ -1,0 +1,282 @@
+"""Experiments end to end: a config becomes a run folder; a run folder is evaluated or asked.
+
+This is the Python API behind the CLI (``cnncli.train``, ``cnncli.evaluate_run``,
+``cnncli.predict``). It writes files but never prints; the CLI passes callbacks for
+its progress display.
+
+Order of work in :func:`train`: validate the config, build the network, load the data
+(so that every config or data error is reported before a run folder exists), then
+create the folder and train. A run that fails or is interrupted keeps what it wrote and
+says so in ``status.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnncli import runs
+from cnncli.build import build
+from cnncli.config import Config, load_config
+from cnncli.data import Dataset, Split, apply_normalization, load_dataset, seeded_rng
+from cnncli.errors import CnnCliError, DataError
+from cnncli.metrics import (class_probabilities, confusion_matrix, per_class_scores, predicted_classes)
+from cnncli.summary import summarize, to_markdown
+from cnncli.train import Callback, EpochMetrics, FitResult, evaluate, fit
+
+SHUFFLE_STREAM = 3
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) training run."""
+
+    path: Path
+    config: Config
+    result: FitResult | None = None
+    status: str = "running"
+    evaluation: dict = field(default_factory=dict)
+
+    @property
+    def history(self) -> list[EpochMetrics]:
+        return self.result.history if self.result else []
+
+    @property
+    def best(self) -> EpochMetrics | None:
+        return self.result.best if self.result else None
+
+
+class RunWriter(Callback):
+    """Writes metrics rows and checkpoints as epochs end."""
+
+    def __init__(self, run_dir: Path, network, optimizer, config: dict, shuffle_rng: np.random.Generator):
+        self.run_dir = run_dir
+        self.network = network
+        self.optimizer = optimizer
+        self.log = runs.MetricsLog(run_dir)
+        self.every = config["train"]["checkpoint_every"]
+        self.epochs = config["train"]["epochs"]
+        self.shuffle_rng = shuffle_rng
+        self.best_state: dict | None = None
+
+    def _meta(self, metrics: EpochMetrics) -> dict:
+        return {"epoch": metrics.epoch, "step": metrics.step, "metrics": metrics.as_dict(),
+                "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                "layer_rngs": {str(i): l.rng.bit_generator.state for i, l in enumerate(self.network.layers)
+                               if getattr(l, "rng", None) is not None}}
+
+    def on_epoch_end(self, metrics: EpochMetrics, improved: bool) -> None:
+        self.log.append(metrics.as_dict())
+        ckpt = self.run_dir / "checkpoints"
+        meta = self._meta(metrics)
+        if improved:
+            runs.save_checkpoint(ckpt / "best.npz", self.network, self.optimizer, meta)
+            self.best_state = self.network.state_dict()
+        if metrics.epoch % self.every == 0 or metrics.epoch == self.epochs:
+            runs.save_checkpoint(ckpt / "last.npz", self.network, self.optimizer, meta)
+        runs.write_status(self.run_dir, "running", epoch=metrics.epoch, step=metrics.step)
+
+    def on_train_end(self, result: FitResult) -> None:
+        # An early stop leaves last.npz at the stopping epoch.
+        last = result.history[-1] if result.history else None
+        if last is not None and result.stopped_early:
+            runs.save_checkpoint(self.run_dir / "checkpoints" / "last.npz", self.network, self.optimizer,
+                                 self._meta(last))
+
+
+def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "runs"):
+    """Validate, build and load the data of a config, before any run folder exists.
+
+    Decoded images are cached in ``<runs_dir>/.cache``, keyed by the files and settings.
+    """
+    if not isinstance(config, Config) or overrides:
+        config = load_config(config, overrides)
+    built = build(config)
+    try:
+        data = load_dataset(config.values, cache_dir=Path(runs_dir) / ".cache",
+                            outputs=int(np.prod(built.network.output_shape)))
+    except DataError as err:
+        raise DataError(f"{config.source}: data: {err}" if config.source else f"data: {err}") from None
+    return config, built, data
+
+
+def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "runs", name: str | None = None,
+          callbacks: tuple[Callback, ...] = (), on_ready=None) -> Run:
+    """Train a config into a new run folder and return the :class:`Run`.
+
+    ``on_ready(run_dir, config, network, dataset)`` is called once the folder exists,
+    before the first epoch (the CLI prints the summary there).
+    """
+    config, built, data = prepare(config, overrides, runs_dir)
+    network, loss, optimizer = built
+    values = config.values
+    run_dir = runs.create_run_dir(runs_dir, name or values["name"])
+    run = Run(run_dir, config)
+    runs.write_status(run_dir, "running", epoch=0, step=0)
+    runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    runs.write_json(run_dir / "env.json", runs.environment())
+    runs.write_json(run_dir / "data.json", {"class_names": data.class_names, "normalization": data.normalization,
+                                            **{k: v for k, v in data.info.items() if k != "classes"}})
+    runs.atomic_write_text(run_dir / "summary.md", "# Summary\n\n" + to_markdown(summarize(network)))
+    if on_ready is not None:
+        on_ready(run_dir, config, network, data)
+    shuffle_rng = seeded_rng(values["seed"], SHUFFLE_STREAM)
+    writer = RunWriter(run_dir, network, optimizer, values, shuffle_rng)
+    try:
+        result = fit(network, loss, optimizer, data.train, data.validation, epochs=values["train"]["epochs"],
+                     batch_size=values["train"]["batch_size"], shuffle=values["train"]["shuffle"],
+                     rng=shuffle_rng, early_stopping=values["train"]["early_stopping"],
+                     callbacks=(writer, *callbacks), eval_batch_size=values["eval"]["batch_size"])
+    except KeyboardInterrupt:
+        epoch = len(writer.log.rows)
+        runs.write_status(run_dir, "interrupted", epoch=epoch, step=optimizer.t,
+                          reason="interrupted by the user; completed epochs and checkpoints are kept")
+        raise
+    except BaseException as err:
+        runs.write_status(run_dir, "failed", epoch=len(writer.log.rows), step=optimizer.t,
+                          reason=f"{type(err).__name__}: {err}")
+        raise
+    run.result = result
+    es = values["train"]["early_stopping"]
+    if es and es["restore_best"] and writer.best_state is not None:
+        network.load_state_dict(writer.best_state)
+    evaluation = data.evaluation
+    if evaluation is not None:
+        run.evaluation = evaluation_report(network, loss, evaluation, data.class_names, values["eval"]["batch_size"])
+        run.evaluation.update(checkpoint="final weights" if not (es and es["restore_best"]) else "best",
+                              data="test" if data.test is not None else "validation")
+        runs.write_json(run_dir / "eval.json", run.evaluation)
+    write_curves(run_dir, result.history)
+    best = result.best
+    runs.write_status(run_dir, "completed", epoch=result.history[-1].epoch, step=optimizer.t,
+                      stopped_early=result.stopped_early, best_epoch=result.best_epoch, monitor=result.monitor,
+                      best=best.as_dict() if best else None)
+    run.status = "completed"
+    return run
+
+
+def evaluation_report(network, loss, split: Split, class_names: list[str], batch_size: int = 256) -> dict:
+    """Loss, accuracy, confusion matrix and per-class precision, recall, F1 on ``split``."""
+    value, acc, outputs = evaluate(network, loss, split, batch_size)
+    pred = predicted_classes(outputs)
+    matrix = confusion_matrix(split.y, pred, len(class_names))
+    return {"examples": len(split), "loss": value, "accuracy": acc, "class_names": class_names,
+            "confusion_matrix": matrix.tolist(), **per_class_scores(matrix)}
+
+
+def write_curves(run_dir: Path, history: list[EpochMetrics]) -> None:
+    """curves.png: loss and accuracy against epoch, training and validation."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    epochs = [m.epoch for m in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [m.loss for m in history], marker="o", label="train")
+    if history[0].val_loss is not None:
+        ax_loss.plot(epochs, [m.val_loss for m in history], marker="o", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss (mean per example)", title="Loss")
+    ax_acc.plot(epochs, [m.accuracy for m in history], marker="o", label="train")
+    if history[0].val_accuracy is not None:
+        ax_acc.plot(epochs, [m.val_accuracy for m in history], marker="o", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    runs.atomic_write_bytes(run_dir / "curves.png", buf.getvalue())
+
+
+# ------------------------------------------------------------------------ using a run
+def load_run(run_dir: str | Path, checkpoint: str = "best"):
+    """(config, network with the checkpoint's weights, loss, data.json contents) of a run."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml", check_paths=False)
+    built = build(config)
+    if checkpoint not in ("best", "last"):
+        raise CnnCliError(f"checkpoint: expected best or last; got {checkpoint!r}")
+    path = run_dir / "checkpoints" / f"{checkpoint}.npz"
+    params, _, meta = runs.load_checkpoint(path)
+    try:
+        built.network.load_state_dict(params)
+    except CnnCliError as err:
+        raise type(err)(f"{path}: {err}") from None
+    info = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").is_file() else {}
+    return config, built.network, built.loss, info, meta
+
+
+def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", data_path: str | None = None) -> dict:
+    """Evaluate a run's checkpoint on its evaluation data (or on ``data_path``); writes eval.json."""
+    run_dir = Path(run_dir)
+    config, network, loss, info, meta = load_run(run_dir, checkpoint)
+    values = json.loads(json.dumps(config.values))
+    if data_path is not None:
+        if not Path(data_path).exists():
+            raise DataError(f"{data_path}: does not exist")
+        if values["data"]["source"] == "synthetic":
+            raise DataError("--data-path needs a run whose data source reads files (image_folder, npz, idx)")
+        values["data"]["path"] = data_path
+        values["data"]["test_path"] = None
+        values["train"]["validation_split"] = 0.0
+        if values["data"]["source"] == "idx":
+            values["data"]["use_test"] = False
+    norm = info.get("normalization")
+    outputs = int(np.prod(network.output_shape))
+    if data_path is not None:
+        # The new data gets the run's own normalization, not statistics of its own.
+        values["data"]["normalize"] = "none"
+        data = load_dataset(values, cache_dir=run_dir.parent / ".cache", outputs=outputs)
+        split = Split(apply_normalization(data.train.x, norm or {"mode": "scale", "scale": 255.0},
+                                          network.dtype.type), data.train.y)
+        which = data_path
+    else:
+        # The same config and seed give the same split and statistics as in training.
+        data = load_dataset(values, cache_dir=run_dir.parent / ".cache", outputs=outputs)
+        split = data.evaluation
+        which = "test" if data.test is not None else "validation"
+        if split is None:
+            raise DataError("this run has no validation or test data; pass --data-path")
+    names = info.get("class_names", data.class_names)
+    report = evaluation_report(network, loss, split, names, values["eval"]["batch_size"])
+    report.update(checkpoint=checkpoint, epoch=meta.get("epoch"), data=which)
+    runs.write_json(run_dir / "eval.json", report)
+    return report
+
+
+def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str = "best") -> list[dict]:
+    """Class and probability of each image file, with the run's preprocessing."""
+    from cnncli.data.image_folder import load_image
+
+    config, network, loss, info, _ = load_run(run_dir, checkpoint)
+    shape = tuple(config["model"]["input_shape"])
+    if len(shape) != 3 or shape[2] not in (1, 3):
+        raise DataError(f"predict reads image files; this model's input_shape is {list(shape)}")
+    arrays = []
+    for path in images:
+        try:
+            arrays.append(load_image(Path(path), *shape))
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file") from None
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"{path}: not a readable image ({err})") from None
+    x = apply_normalization(np.stack(arrays), info.get("normalization", {"mode": "scale", "scale": 255.0}),
+                            network.dtype.type)
+    probs = class_probabilities(network.predict(x))
+    names = info.get("class_names") or [str(i) for i in range(probs.shape[1])]
+    out = []
+    for path, p in zip(images, probs):
+        k = int(np.argmax(p))
+        out.append({"image": str(path), "class": names[k] if k < len(names) else str(k), "index": k,
+                    "probability": float(p[k])})
+    return out

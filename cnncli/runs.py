@@ -1,0 +1,217 @@
+"""Run folders: creation, atomic files, metrics logs, checkpoints, status.
+
+A run lives in ``<runs_dir>/<YYYYmmdd-HHMMSS>-<name>/`` and is never overwritten (a
+second run in the same second gets ``-2``, ``-3``, ...). Every file is written
+atomically: to a temporary file in the same folder, flushed, fsynced, renamed.
+
+Checkpoints are ``.npz`` files of plain arrays (loadable with ``allow_pickle=False``):
+``param/<name>`` for parameters and buffers, ``optim/<key>`` for the optimizer state and
+``meta``, a JSON string with the format version, epoch, step, RNG states and a SHA-256
+checksum of every array.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import CheckpointError, CnnCliError
+
+CHECKPOINT_FORMAT = 1
+METRIC_FIELDS = ["epoch", "step", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
+                 "images_per_second"]
+
+
+# ------------------------------------------------------------------------- atomic files
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+# ------------------------------------------------------------------------------ folders
+def create_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """A new, empty run folder under ``runs_dir`` (created if needed)."""
+    from cnncli.config import sanitize_name
+
+    root = Path(runs_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CnnCliError(f"{root}: cannot create the runs folder ({err.strerror})") from None
+    if not os.access(root, os.W_OK):
+        raise CnnCliError(f"{root}: the runs folder is not writable")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{sanitize_name(name)}"
+    for attempt in range(1, 1000):
+        candidate = root / (base if attempt == 1 else f"{base}-{attempt}")
+        if candidate.resolve().parent != root.resolve():
+            raise CnnCliError(f"run name {name!r} would leave {root}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        (candidate / "checkpoints").mkdir()
+        return candidate
+    raise CnnCliError(f"{root}: too many runs named {base}")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and (path / "status.json").is_file()
+
+
+def list_runs(runs_dir: str | Path) -> list[Path]:
+    """Run folders under ``runs_dir`` (not the sweeps inside it), oldest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and is_run_dir(p)), key=lambda p: p.name)
+
+
+def latest_run(runs_dir: str | Path = "runs") -> Path:
+    runs = list_runs(runs_dir)
+    if not runs:
+        raise CnnCliError(f"no runs in {runs_dir}/: train one first (cnncli train CONFIG)")
+    return runs[-1]
+
+
+def resolve_run_dir(run_dir: str | Path | None, runs_dir: str | Path = "runs") -> Path:
+    """The given run folder (checked), or the most recent one under ``runs_dir``."""
+    if run_dir is None:
+        return latest_run(runs_dir)
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CnnCliError(f"{path}: no such run folder")
+    if not is_run_dir(path):
+        raise CnnCliError(f"{path}: not a run folder (no config.yaml and status.json)")
+    return path
+
+
+def write_status(run_dir: Path, state: str, **details) -> None:
+    write_json(run_dir / "status.json", {"status": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                         **details})
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {"status": "unknown"}
+
+
+# ------------------------------------------------------------------------------ metrics
+class MetricsLog:
+    """Appends one row per epoch to ``metrics.jsonl`` and rewrites ``metrics.csv`` atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.rows: list[dict] = []
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in METRIC_FIELDS})
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{arr.dtype.str}:{arr.shape}\n".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, network, optimizer, meta: dict) -> None:
+    arrays = {f"param/{k}": v for k, v in network.state_dict().items()}
+    arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
+    full_meta = {"format_version": CHECKPOINT_FORMAT, **meta, "checksum": _checksum(arrays)}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(full_meta)), **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """(network state, optimizer state, meta); refuses damaged or foreign files."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except Exception as err:  # zip, npy header and pickle refusals all land here
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path}: not a cnncli checkpoint (no meta)")
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except ValueError:
+        raise CheckpointError(f"{path}: its meta data is not valid JSON") from None
+    if meta.get("format_version") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}; this cnncli reads "
+                              f"format {CHECKPOINT_FORMAT}")
+    if meta.get("checksum") != _checksum(arrays):
+        raise CheckpointError(f"{path}: checksum mismatch; the file is corrupt")
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+    return params, optim, meta
+
+
+def environment() -> dict:
+    """Versions and platform for env.json."""
+    import platform
+    import sys
+
+    import cnncli
+
+    info = {"python": sys.version.split()[0], "numpy": np.__version__, "cnncli": cnncli.__version__,
+            "platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        info["blas"] = {k: blas.get(k) for k in ("name", "version") if k in blas}
+    except Exception:  # older numpy: no dict mode
+        info["blas"] = None
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE"):
+        if var in os.environ:
+            info.setdefault("env", {})[var] = os.environ[var]
+    return info
