@@ -30,6 +30,11 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+# Piped or captured output has no terminal width: do not squeeze tables into 80 columns.
+if not console.is_terminal:
+    console = Console(width=160)
+if not err_console.is_terminal:
+    err_console = Console(stderr=True, width=160)
 
 
 def _version(value: bool) -> None:
