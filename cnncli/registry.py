@@ -47,7 +47,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name.lower(), self.names(), n=1, cutoff=0.5)
             if close:
                 hint = f" (did you mean {close[0]!r}?)"
-        raise ConfigError(path, f"a {self.kind} name", name, raw=_unknown(self.kind, name, known, hint))
+        raise ConfigError(path, f"{article(self.kind)} name", name, raw=_unknown(self.kind, name, known, hint))
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -57,6 +57,11 @@ class Registry(Generic[T]):
 
     def items(self):
         return sorted(self._entries.items())
+
+
+def article(word: str) -> str:
+    """'a layer', 'an optimizer'."""
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
 def _unknown(kind: str, name: object, known: str, hint: str) -> str:
@@ -99,13 +104,13 @@ def construct(registry: "Registry", spec: object, path: str, *, key: str = "name
     if isinstance(spec, dict):
         kwargs = dict(spec)
         if key not in kwargs:
-            raise ConfigError(f"{path}.{key}" if path else key, f"a {registry.kind} name", None,
+            raise ConfigError(f"{path}.{key}" if path else key, f"{article(registry.kind)} name", None,
                               raw=f"missing; expected one of: {', '.join(registry.names())}")
         name = kwargs.pop(key)
     elif isinstance(spec, str):
         name, kwargs = spec, {}
     else:
-        raise ConfigError(path, f"a {registry.kind} name or a mapping with '{key}'", spec)
+        raise ConfigError(path, f"{article(registry.kind)} name or a mapping with '{key}'", spec)
     cls = registry.get(name, f"{path}.{key}" if isinstance(spec, dict) else path)
     names, required = allowed_keys(cls)
     for k in kwargs:

@@ -27,7 +27,8 @@ stably, and gives ``dE/dz = yhat - y`` (ERRATA 5: the paper's Eq. 46 has the wro
 sign; for soft targets ``dE/dz = yhat * sum_j y_j - y``). A saturated output (yhat = 0
 or 1 in floating point) then has a finite loss and gradient. Given probabilities
 instead, cross-entropies clip ``yhat`` to ``[eps, 1 - eps]`` with ``eps`` the dtype's
-machine epsilon.
+machine epsilon, and the gradient is the formula above at the clipped value (large but
+finite, so a saturated unit still gets a learning signal).
 
 **Targets.** Binary cross-entropy takes 0/1 (or soft) targets of shape (n,) or the
 prediction's shape. Categorical cross-entropy and KL take integer labels (n,) or
@@ -79,7 +80,8 @@ class Loss:
     def _targets(self, y_true, y_pred):
         y = np.asarray(y_true)
         if y.shape != y_pred.shape:
-            if y.size == y_pred.size:
+            squeeze = lambda shape: tuple(d for d in shape if d != 1)  # noqa: E731
+            if squeeze(y.shape) == squeeze(y_pred.shape):  # (n,) targets for (n, 1) outputs
                 y = y.reshape(y_pred.shape)
             else:
                 raise DataError(f"{self.name}: targets of shape {y.shape} do not match predictions "
