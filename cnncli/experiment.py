@@ -12,7 +12,10 @@ says so in ``status.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +25,10 @@ from cnncli import runs
 from cnncli.build import build
 from cnncli.config import Config, load_config
 from cnncli.data import Dataset, Split, apply_normalization, load_dataset, seeded_rng
-from cnncli.errors import CnnCliError, DataError
+from cnncli.errors import CheckpointError, CnnCliError, DataError
 from cnncli.metrics import (class_probabilities, confusion_matrix, per_class_scores, predicted_classes)
 from cnncli.summary import summarize, to_markdown
-from cnncli.train import Callback, EpochMetrics, FitResult, evaluate, fit
+from cnncli.training import Callback, EpochMetrics, FitResult, TrainState, evaluate, fit
 
 SHUFFLE_STREAM = 3
 
@@ -49,42 +52,89 @@ class Run:
         return self.result.best if self.result else None
 
 
-class RunWriter(Callback):
-    """Writes metrics rows and checkpoints as epochs end."""
+def checkpoint_interval(value) -> tuple[int, str]:
+    """``train.checkpoint_every``: an int (epochs), or ``"N epochs"`` / ``"N steps"``."""
+    if isinstance(value, int):
+        return value, "epochs"
+    count, unit = str(value).split()
+    return int(count), ("steps" if unit.startswith("step") else "epochs")
 
-    def __init__(self, run_dir: Path, network, optimizer, config: dict, shuffle_rng: np.random.Generator):
+
+class RunWriter(Callback):
+    """Writes metrics rows, checkpoints and status as training goes."""
+
+    def __init__(self, run_dir: Path, network, optimizer, config: dict, shuffle_rng: np.random.Generator,
+                 history: list[dict] = ()):
         self.run_dir = run_dir
         self.network = network
         self.optimizer = optimizer
-        self.log = runs.MetricsLog(run_dir)
-        self.every = config["train"]["checkpoint_every"]
+        self.log = runs.MetricsLog(run_dir, list(history))
+        self.every, self.unit = checkpoint_interval(config["train"]["checkpoint_every"])
         self.epochs = config["train"]["epochs"]
         self.shuffle_rng = shuffle_rng
         self.best_state: dict | None = None
+        self.steps_per_epoch = 0
+        self.last_saved: dict | None = None
 
-    def _meta(self, metrics: EpochMetrics) -> dict:
-        return {"epoch": metrics.epoch, "step": metrics.step, "metrics": metrics.as_dict(),
-                "shuffle_rng": self.shuffle_rng.bit_generator.state,
+    def _meta(self, state: TrainState) -> dict:
+        return {"epoch": state.epoch, "batch": state.batch, "step": self.optimizer.t,
+                "train_state": state.as_dict(), "shuffle_rng": self.shuffle_rng.bit_generator.state,
                 "layer_rngs": {str(i): l.rng.bit_generator.state for i, l in enumerate(self.network.layers)
                                if getattr(l, "rng", None) is not None}}
 
-    def on_epoch_end(self, metrics: EpochMetrics, improved: bool) -> None:
+    def save_last(self, state: TrainState) -> None:
+        runs.save_checkpoint(self.run_dir / "checkpoints" / "last.npz", self.network, self.optimizer,
+                             self._meta(state))
+        self.last_saved = {"epoch": state.epoch, "batch": state.batch, "step": self.optimizer.t}
+
+    def on_train_start(self, epochs, steps_per_epoch, state):
+        self.steps_per_epoch = steps_per_epoch
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self.unit == "steps" and self.optimizer.t % self.every == 0 and state.batch < self.steps_per_epoch:
+            self.save_last(state)
+
+    def on_epoch_end(self, metrics: EpochMetrics, improved: bool, state: TrainState) -> None:
         self.log.append(metrics.as_dict())
-        ckpt = self.run_dir / "checkpoints"
-        meta = self._meta(metrics)
         if improved:
-            runs.save_checkpoint(ckpt / "best.npz", self.network, self.optimizer, meta)
+            runs.save_checkpoint(self.run_dir / "checkpoints" / "best.npz", self.network, self.optimizer,
+                                 self._meta(state))
             self.best_state = self.network.state_dict()
-        if metrics.epoch % self.every == 0 or metrics.epoch == self.epochs:
-            runs.save_checkpoint(ckpt / "last.npz", self.network, self.optimizer, meta)
+        if self.unit == "steps" or metrics.epoch % self.every == 0 or metrics.epoch == self.epochs:
+            self.save_last(state)
         runs.write_status(self.run_dir, "running", epoch=metrics.epoch, step=metrics.step)
 
+    def on_interrupt(self, state: TrainState) -> None:
+        self.save_last(state)
+
     def on_train_end(self, result: FitResult) -> None:
-        # An early stop leaves last.npz at the stopping epoch.
-        last = result.history[-1] if result.history else None
-        if last is not None and result.stopped_early:
-            runs.save_checkpoint(self.run_dir / "checkpoints" / "last.npz", self.network, self.optimizer,
-                                 self._meta(last))
+        if result.stopped_early and result.state is not None:
+            self.save_last(result.state)  # last.npz at the stopping epoch
+
+
+@contextlib.contextmanager
+def graceful_interrupts():
+    """Yield ``should_stop()``: the first SIGINT/SIGTERM asks the loop to stop after the
+    current step (and checkpoint); a second one raises KeyboardInterrupt at once.
+
+    Outside the main thread (where signals cannot be handled) nothing is installed.
+    """
+    requested = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if requested["stop"]:
+            raise KeyboardInterrupt
+        requested["stop"] = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: requested["stop"]
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "runs"):
@@ -104,17 +154,18 @@ def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "r
 
 
 def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "runs", name: str | None = None,
-          callbacks: tuple[Callback, ...] = (), on_ready=None) -> Run:
+          callbacks: tuple[Callback, ...] = (), on_ready=None, handle_signals: bool = True) -> Run:
     """Train a config into a new run folder and return the :class:`Run`.
 
     ``on_ready(run_dir, config, network, dataset)`` is called once the folder exists,
-    before the first epoch (the CLI prints the summary there).
+    before the first epoch (the CLI prints the summary there). With ``handle_signals``,
+    Ctrl-C or SIGTERM stops after the current step with a checkpoint (``run.status`` is
+    then ``interrupted``; :func:`resume` continues it).
     """
     config, built, data = prepare(config, overrides, runs_dir)
     network, loss, optimizer = built
     values = config.values
     run_dir = runs.create_run_dir(runs_dir, name or values["name"])
-    run = Run(run_dir, config)
     runs.write_status(run_dir, "running", epoch=0, step=0)
     runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     runs.write_json(run_dir / "env.json", runs.environment())
@@ -124,34 +175,94 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     if on_ready is not None:
         on_ready(run_dir, config, network, data)
     shuffle_rng = seeded_rng(values["seed"], SHUFFLE_STREAM)
-    writer = RunWriter(run_dir, network, optimizer, values, shuffle_rng)
+    return _run_fit(Run(run_dir, config), network, loss, optimizer, data, shuffle_rng, TrainState(), callbacks,
+                    handle_signals)
+
+
+def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_ready=None,
+           handle_signals: bool = True) -> Run:
+    """Continue an interrupted (or failed, or killed) run from ``checkpoints/last.npz``.
+
+    Same data order, generator states, optimizer state and schedule: the finished run
+    is identical, bit for bit, to one that was never interrupted.
+    """
+    run_dir = runs.resolve_run_dir(run_dir)
+    status = runs.read_status(run_dir).get("status")
+    if status == "completed":
+        raise CnnCliError(f"{run_dir}: the run has completed; nothing to resume")
+    config = load_config(run_dir / "config.yaml", check_paths=True)
+    config, built, data = prepare(config, (), run_dir.parent)
+    network, loss, optimizer = built
+    last = run_dir / "checkpoints" / "last.npz"
+    if not last.is_file():
+        raise CheckpointError(f"{last}: no checkpoint to resume from; the run stopped before its first one "
+                              "(train it again)")
+    params, optim_state, meta = runs.load_checkpoint(last)
     try:
-        result = fit(network, loss, optimizer, data.train, data.validation, epochs=values["train"]["epochs"],
-                     batch_size=values["train"]["batch_size"], shuffle=values["train"]["shuffle"],
-                     rng=shuffle_rng, early_stopping=values["train"]["early_stopping"],
-                     callbacks=(writer, *callbacks), eval_batch_size=values["eval"]["batch_size"])
+        network.load_state_dict(params)
+        optimizer.load_state_dict(optim_state, network.parameters())
+    except CheckpointError as err:
+        raise CheckpointError(f"{last}: {err}") from None
+    shuffle_rng = seeded_rng(config["seed"], SHUFFLE_STREAM)
+    shuffle_rng.bit_generator.state = meta["shuffle_rng"]
+    for i, state in meta.get("layer_rngs", {}).items():
+        network.layers[int(i)].rng.bit_generator.state = state
+    train_state = TrainState.from_dict(meta["train_state"])
+    runs.write_status(run_dir, "running", epoch=train_state.epoch, step=optimizer.t, resumed_from=meta["step"])
+    if on_ready is not None:
+        on_ready(run_dir, config, network, data)
+    run = Run(run_dir, config)
+    writer_best = run_dir / "checkpoints" / "best.npz"
+    best_state = runs.load_checkpoint(writer_best)[0] if writer_best.is_file() else None
+    return _run_fit(run, network, loss, optimizer, data, shuffle_rng, train_state, callbacks, handle_signals,
+                    best_state=best_state)
+
+
+def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, state: TrainState,
+             callbacks, handle_signals: bool, best_state=None) -> Run:
+    values = run.config.values
+    run_dir = run.path
+    writer = RunWriter(run_dir, network, optimizer, values, shuffle_rng, state.history)
+    writer.best_state = best_state
+    guard = graceful_interrupts() if handle_signals else contextlib.nullcontext(lambda: False)
+    try:
+        with guard as should_stop:
+            result = fit(network, loss, optimizer, data.train, data.validation, epochs=values["train"]["epochs"],
+                         batch_size=values["train"]["batch_size"], shuffle=values["train"]["shuffle"],
+                         rng=shuffle_rng, early_stopping=values["train"]["early_stopping"],
+                         callbacks=(writer, *callbacks), eval_batch_size=values["eval"]["batch_size"],
+                         on_nan=values["train"].get("on_nan", "stop"), state=state, should_stop=should_stop)
     except KeyboardInterrupt:
-        epoch = len(writer.log.rows)
-        runs.write_status(run_dir, "interrupted", epoch=epoch, step=optimizer.t,
-                          reason="interrupted by the user; completed epochs and checkpoints are kept")
+        saved = writer.last_saved or {}
+        runs.write_status(run_dir, "interrupted", epoch=state.epoch, step=optimizer.t,
+                          checkpoint=saved or None,
+                          reason="stopped at once by a second interrupt; resume continues from the last "
+                                 "checkpoint")
         raise
     except BaseException as err:
-        runs.write_status(run_dir, "failed", epoch=len(writer.log.rows), step=optimizer.t,
-                          reason=f"{type(err).__name__}: {err}")
+        runs.write_status(run_dir, "failed", epoch=state.epoch, step=optimizer.t,
+                          checkpoint=writer.last_saved, reason=f"{type(err).__name__}: {err}")
         raise
     run.result = result
+    if result.interrupted:
+        run.status = "interrupted"
+        runs.write_status(run_dir, "interrupted", epoch=state.epoch, batch=state.batch, step=optimizer.t,
+                          checkpoint=writer.last_saved,
+                          reason="interrupted; the checkpoint holds every finished step")
+        return run
     es = values["train"]["early_stopping"]
     if es and es["restore_best"] and writer.best_state is not None:
         network.load_state_dict(writer.best_state)
     evaluation = data.evaluation
     if evaluation is not None:
         run.evaluation = evaluation_report(network, loss, evaluation, data.class_names, values["eval"]["batch_size"])
-        run.evaluation.update(checkpoint="final weights" if not (es and es["restore_best"]) else "best",
+        run.evaluation.update(checkpoint="best" if (es and es["restore_best"]) else "final weights",
                               data="test" if data.test is not None else "validation")
         runs.write_json(run_dir / "eval.json", run.evaluation)
     write_curves(run_dir, result.history)
     best = result.best
-    runs.write_status(run_dir, "completed", epoch=result.history[-1].epoch, step=optimizer.t,
+    last_epoch = result.history[-1].epoch if result.history else 0
+    runs.write_status(run_dir, "completed", epoch=last_epoch, step=optimizer.t,
                       stopped_early=result.stopped_early, best_epoch=result.best_epoch, monitor=result.monitor,
                       best=best.as_dict() if best else None)
     run.status = "completed"

@@ -26,7 +26,7 @@ from cnncli.errors import CheckpointError, CnnCliError
 
 CHECKPOINT_FORMAT = 1
 METRIC_FIELDS = ["epoch", "step", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
-                 "images_per_second"]
+                 "images_per_second", "skipped_batches"]
 
 
 # ------------------------------------------------------------------------- atomic files
@@ -130,12 +130,17 @@ def read_status(run_dir: Path) -> dict:
 class MetricsLog:
     """Appends one row per epoch to ``metrics.jsonl`` and rewrites ``metrics.csv`` atomically."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, rows: list[dict] = ()):
         self.run_dir = run_dir
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(rows)
+        if self.rows:  # resuming: the log holds exactly the checkpoint's epochs
+            self._write()
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")

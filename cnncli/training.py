@@ -1,9 +1,21 @@
 """The training and evaluation loops. No printing, no files: progress goes to callbacks.
 
-``fit`` runs mini-batch epochs: shuffle (seeded), forward, backward, one optimizer
-update per batch, then evaluation on the validation split. Reported losses are means
-per example whatever the loss's reduction (a ``sum``-reduced batch loss is divided by
-the batch size), so runs with either reduction compare.
+``fit`` runs mini-batch epochs: shuffle (seeded), forward, backward, one optimizer update
+per batch, then evaluation on the validation split. Reported losses are means per
+example whatever the loss's reduction (a ``sum``-reduced batch loss is divided by the
+batch size), so runs with either reduction compare.
+
+Everything the loop needs to continue exactly where it stopped is in a
+:class:`TrainState` (epochs and batches done, the shuffling generator's state at the
+start of the current epoch, the partial sums of the epoch, the early-stopping
+bookkeeping and the history). With the network's parameters, the optimizer's state and
+the dropout generators, it makes a resumed run identical, bit for bit, to an
+uninterrupted one: the epoch's order is drawn again from the saved generator state and
+the batches already done are skipped.
+
+A loss or gradient that is not finite is caught before the update: ``on_nan: stop``
+raises :class:`NonFiniteError` naming the epoch, step, learning rate and the layer whose
+gradient went non-finite first (in backward order); ``skip_batch`` drops the batch.
 """
 
 from __future__ import annotations
@@ -11,14 +23,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from cnncli.data import Split
+from cnncli.errors import CnnCliError
 from cnncli.metrics import accuracy
 from cnncli.nn.losses import Loss
 from cnncli.nn.network import Network
 from cnncli.nn.optimizers import Optimizer
+
+
+class NonFiniteError(CnnCliError):
+    """Training produced a NaN or infinite loss or gradient (a runtime failure: exit 1)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -32,21 +52,52 @@ class EpochMetrics:
     val_accuracy: float | None
     seconds: float
     images_per_second: float
+    skipped_batches: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+@dataclass
+class TrainState:
+    """Where training stands; JSON-serializable (see the module docstring)."""
+
+    epoch: int = 0                      # epochs completed
+    batch: int = 0                      # batches completed in epoch ``epoch + 1``
+    epoch_rng_state: dict | None = None  # shuffle generator state when that epoch began
+    epoch_lr: float | None = None        # learning rate of that epoch's first update
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0
+    seconds: float = 0.0                # time spent in the current epoch before a stop
+    best_epoch: int | None = None
+    best_value: float | None = None
+    waited: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        return cls(**d)
+
+
 class Callback:
     """Hooks of :func:`fit`; every method is optional."""
 
-    def on_train_start(self, epochs: int, steps_per_epoch: int) -> None: ...
+    def on_train_start(self, epochs: int, steps_per_epoch: int, state: TrainState) -> None: ...
 
     def on_epoch_start(self, epoch: int) -> None: ...
 
     def on_batch_end(self, epoch: int, batch: int, loss: float, accuracy: float, images_per_second: float) -> None: ...
 
-    def on_epoch_end(self, metrics: EpochMetrics, improved: bool) -> None: ...
+    def on_step_end(self, state: TrainState) -> None: ...
+
+    def on_epoch_end(self, metrics: EpochMetrics, improved: bool, state: TrainState) -> None: ...
+
+    def on_interrupt(self, state: TrainState) -> None: ...
 
     def on_train_end(self, result: "FitResult") -> None: ...
 
@@ -58,6 +109,8 @@ class FitResult:
     best_value: float | None = None
     monitor: str = "val_loss"
     stopped_early: bool = False
+    interrupted: bool = False
+    state: TrainState | None = None
 
     @property
     def best(self) -> EpochMetrics | None:
@@ -77,9 +130,9 @@ def targets_for(network: Network, labels: np.ndarray) -> np.ndarray:
 def evaluate(network: Network, loss: Loss, split: Split, batch_size: int = 256) -> tuple[float, float, np.ndarray]:
     """(mean loss per example, accuracy, outputs (N, ...)) with training=False."""
     outputs, total = [], 0.0
+    fused = network.uses_logits(loss)
     for i in range(0, len(split), batch_size):
         xb, yb = split.x[i:i + batch_size], split.y[i:i + batch_size]
-        fused = network.uses_logits(loss)
         out = network.forward(xb, training=False, logits=fused)
         value, _ = loss.value_and_grad(out, targets_for(network, yb), from_logits=fused)
         if fused:
@@ -91,62 +144,120 @@ def evaluate(network: Network, loss: Loss, split: Split, batch_size: int = 256) 
     return total / n, accuracy(out, split.y), out
 
 
+def first_nonfinite_layer(network: Network) -> str | None:
+    """The layer (in backward order) whose parameter gradient first holds NaN or inf."""
+    for i in range(len(network.layers) - 1, -1, -1):
+        layer = network.layers[i]
+        for key, g in layer.grads.items():
+            if key in layer.params and not np.all(np.isfinite(g)):
+                return f"layers[{i}] ({layer.type_name}) {key}"
+    return None
+
+
 def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, validation: Split | None, *,
         epochs: int, batch_size: int, shuffle: bool = True, rng: np.random.Generator | None = None,
         early_stopping: dict | None = None, callbacks: tuple[Callback, ...] = (),
-        eval_batch_size: int = 256) -> FitResult:
-    """Train for ``epochs`` epochs; see the module docstring."""
+        eval_batch_size: int = 256, on_nan: str = "stop", state: TrainState | None = None,
+        should_stop: Callable[[], bool] | None = None) -> FitResult:
+    """Train until ``epochs`` epochs are done (continuing ``state`` if given)."""
     rng = rng if rng is not None else np.random.default_rng(0)
+    state = state if state is not None else TrainState()
     n = len(train)
     steps_per_epoch = math.ceil(n / batch_size)
     monitor = (early_stopping or {}).get("monitor", "val_loss")
-    if validation is None and monitor.startswith("val_"):
+    if (validation is None or not len(validation)) and monitor.startswith("val_"):
         monitor = monitor[4:]
     mode_max = monitor.endswith("accuracy")
     min_delta = (early_stopping or {}).get("min_delta", 0.0)
     patience = (early_stopping or {}).get("patience")
-    result = FitResult(monitor=monitor)
-    waited = 0
+    result = FitResult(monitor=monitor, history=[EpochMetrics(**h) for h in state.history], state=state,
+                       best_epoch=state.best_epoch, best_value=state.best_value)
+    fused = network.uses_logits(loss)
     for cb in callbacks:
-        cb.on_train_start(epochs, steps_per_epoch)
-    for epoch in range(1, epochs + 1):
+        cb.on_train_start(epochs, steps_per_epoch, state)
+    if patience is not None and state.waited >= patience:
+        result.stopped_early = True
+    while state.epoch < epochs and not result.stopped_early:
+        epoch = state.epoch + 1
+        if state.batch == 0:
+            state.epoch_rng_state = rng.bit_generator.state
+        else:  # resuming mid-epoch: draw this epoch's order again
+            rng.bit_generator.state = state.epoch_rng_state
         for cb in callbacks:
             cb.on_epoch_start(epoch)
         order = rng.permutation(n) if shuffle else np.arange(n)
-        lr = optimizer.current_lr()
-        start = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for b in range(steps_per_epoch):
+        if state.batch == 0:
+            state.epoch_lr = optimizer.current_lr()
+        start = time.perf_counter() - state.seconds
+        for b in range(state.batch, steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = train.x[idx], train.y[idx]
-            value, out = network.train_step(xb, targets_for(network, yb), loss, optimizer)
-            loss_sum += value if loss.reduction == "sum" else value * len(idx)
-            correct += int(round(accuracy(out, yb) * len(idx)))
-            seen += len(idx)
+            value, out = network.loss_and_gradients(xb, targets_for(network, yb), loss)
+            grads = network.gradients()
+            norm = optimizer.gradient_norm(grads)
+            if not (math.isfinite(value) and math.isfinite(norm)):
+                if on_nan == "skip_batch":
+                    state.skipped += 1
+                else:
+                    layer = first_nonfinite_layer(network)
+                    what = f"the gradient of {layer}" if layer and math.isfinite(value) else f"the loss ({value})"
+                    raise NonFiniteError(f"{what} is not finite at epoch {epoch}, step {optimizer.t + 1} "
+                                         f"(batch {b + 1} of {steps_per_epoch}), learning rate "
+                                         f"{optimizer.current_lr():.6g}")
+            else:
+                optimizer.step(network.parameters(), grads, grad_norm=norm)
+                state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
+                state.correct += int(np.sum(_classes(out) == yb))
+                state.seen += len(idx)
+            state.batch = b + 1
             elapsed = time.perf_counter() - start
+            state.seconds = elapsed
+            seen = max(state.seen, 1)
             for cb in callbacks:
-                cb.on_batch_end(epoch, b + 1, loss_sum / seen, correct / seen, seen / max(elapsed, 1e-9))
+                cb.on_batch_end(epoch, b + 1, state.loss_sum / seen, state.correct / seen,
+                                state.seen / max(elapsed, 1e-9))
+                cb.on_step_end(state)
+            if should_stop is not None and should_stop() and b + 1 < steps_per_epoch:
+                result.interrupted = True
+                for cb in callbacks:
+                    cb.on_interrupt(state)
+                return result
         seconds = time.perf_counter() - start
         val_loss = val_acc = None
         if validation is not None and len(validation):
             val_loss, val_acc, _ = evaluate(network, loss, validation, eval_batch_size)
-        metrics = EpochMetrics(epoch=epoch, step=optimizer.t, lr=lr, loss=loss_sum / n, accuracy=correct / n,
-                               val_loss=val_loss, val_accuracy=val_acc, seconds=seconds,
-                               images_per_second=n / max(seconds, 1e-9))
+        seen = max(state.seen, 1)
+        metrics = EpochMetrics(epoch=epoch, step=optimizer.t, lr=state.epoch_lr, loss=state.loss_sum / seen,
+                               accuracy=state.correct / seen, val_loss=val_loss, val_accuracy=val_acc,
+                               seconds=seconds, images_per_second=n / max(seconds, 1e-9),
+                               skipped_batches=state.skipped)
         result.history.append(metrics)
         value = getattr(metrics, monitor)
-        improved = result.best_value is None or (
-            value > result.best_value + min_delta if mode_max else value < result.best_value - min_delta)
+        improved = value is not None and math.isfinite(value) and (state.best_value is None or (
+            value > state.best_value + min_delta if mode_max else value < state.best_value - min_delta))
         if improved:
-            result.best_epoch, result.best_value = epoch, value
-            waited = 0
+            state.best_epoch, state.best_value, state.waited = epoch, value, 0
         else:
-            waited += 1
-        for cb in callbacks:
-            cb.on_epoch_end(metrics, improved)
-        if patience is not None and waited >= patience:
+            state.waited += 1
+        result.best_epoch, result.best_value = state.best_epoch, state.best_value
+        state.epoch, state.batch = epoch, 0
+        state.loss_sum, state.correct, state.seen, state.skipped, state.seconds = 0.0, 0, 0, 0, 0.0
+        state.history.append(metrics.as_dict())
+        if patience is not None and state.waited >= patience:
             result.stopped_early = True
-            break
+        for cb in callbacks:
+            cb.on_epoch_end(metrics, improved, state)
+        if should_stop is not None and should_stop() and state.epoch < epochs and not result.stopped_early:
+            result.interrupted = True
+            for cb in callbacks:
+                cb.on_interrupt(state)
+            return result
     for cb in callbacks:
         cb.on_train_end(result)
     return result
+
+
+def _classes(outputs: np.ndarray) -> np.ndarray:
+    from cnncli.metrics import predicted_classes
+
+    return predicted_classes(outputs)

@@ -141,6 +141,8 @@ class Network:
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Inference in batches (training=False)."""
+        if len(x) == 0:  # no batch to run: an empty (0, *output_shape) result
+            return np.zeros((0, *self.output_shape), dtype=self.dtype)
         outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs, axis=0)
 

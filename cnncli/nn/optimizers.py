@@ -189,9 +189,12 @@ class Optimizer:
         """The learning rate the next update will use."""
         return self.schedule(self.lr, self.t)
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], *,
+             grad_norm: float | None = None) -> None:
+        """One update of every parameter. ``grad_norm`` may pass :meth:`gradient_norm` if
+        the caller has computed it already (the training loop checks it is finite)."""
         eta = self.current_lr()
-        grads = self._preprocess(params, grads)
+        grads = self._preprocess(params, grads, grad_norm)
         for key, w in params.items():
             slots = self.state.get(key)
             if slots is None:
@@ -199,9 +202,14 @@ class Optimizer:
             self._update(w, grads[key], slots, eta)
         self.t += 1
 
-    def _preprocess(self, params, grads):
+    @staticmethod
+    def gradient_norm(grads: dict[str, np.ndarray]) -> float:
+        """Global L2 norm over every gradient (inf or nan if any entry is)."""
         norm_sq = sum(float(np.vdot(g, g)) for g in grads.values())
-        self.last_grad_norm = math.sqrt(norm_sq)
+        return math.sqrt(norm_sq) if norm_sq == norm_sq and norm_sq != math.inf else norm_sq
+
+    def _preprocess(self, params, grads, grad_norm=None):
+        self.last_grad_norm = self.gradient_norm(grads) if grad_norm is None else grad_norm
         scale = 1.0
         if self.clip_norm is not None:
             coef = self.clip_norm / (self.last_grad_norm + 1e-6)
