@@ -73,7 +73,7 @@ class ProgressDisplay:
         self.epochs = 0
         self.steps = 0
 
-    def on_train_start(self, epochs, steps_per_epoch):
+    def on_train_start(self, epochs, steps_per_epoch, state):
         self.epochs, self.steps = epochs, steps_per_epoch
 
     def on_epoch_start(self, epoch):
@@ -88,7 +88,14 @@ class ProgressDisplay:
         self.progress.update(self.task, completed=batch,
                              stats=f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_second:,.0f} img/s")
 
-    def on_epoch_end(self, m, improved):
+    def on_step_end(self, state):
+        pass
+
+    def on_interrupt(self, state):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def on_epoch_end(self, m, improved, state):
         self.progress.stop()
         val = ""
         if m.val_loss is not None:
@@ -129,16 +136,27 @@ def summary_table(summary) -> Table:
 @app.command()
 @user_errors
 def train(
-    config: Path = typer.Argument(..., help="Experiment config (YAML).", exists=False, dir_okay=False),
+    config: Optional[Path] = typer.Argument(None, help="Experiment config (YAML).", dir_okay=False),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
                                    help="Override a config value (YAML), e.g. optimizer.lr=0.01. Repeatable."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are created."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder.",
+                                          file_okay=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table or progress bars."),
 ) -> None:
-    """Train CONFIG into a new run folder under runs/."""
-    from cnncli.experiment import train as run_training
+    """Train CONFIG into a new run folder under runs/ (or continue one with --resume).
+
+    Ctrl-C (or SIGTERM) stops after the current step and writes a checkpoint; a second
+    Ctrl-C stops at once. `cnncli train --resume RUN_DIR` then continues exactly.
+    """
+    from cnncli import experiment
     from cnncli.summary import summarize
+
+    if (config is None) == (resume is None):
+        raise CnnCliError("train: give a CONFIG file, or --resume RUN_DIR (not both)")
+    if resume is not None and (set_ or name):
+        raise CnnCliError("train --resume continues a run with its own config: --set and --name do not apply")
 
     def ready(run_dir, cfg, network, data):
         if quiet:
@@ -159,12 +177,23 @@ def train(
 
     callbacks = () if quiet else (ProgressDisplay(),)
     try:
-        run = run_training(str(config), overrides=set_, runs_dir=runs_dir, name=name, callbacks=callbacks,
-                           on_ready=ready)
+        if resume is not None:
+            run = experiment.resume(resume, callbacks=callbacks, on_ready=ready)
+        else:
+            run = experiment.train(str(config), overrides=set_, runs_dir=runs_dir, name=name, callbacks=callbacks,
+                                   on_ready=ready)
     except KeyboardInterrupt:
-        err_console.print("interrupted: completed epochs and checkpoints are kept in the run folder "
-                          "(status.json says interrupted)")
+        err_console.print("stopped at once: the last checkpoint and every finished epoch are kept "
+                          "(status.json says interrupted); continue with cnncli train --resume RUN_DIR")
         raise typer.Exit(130) from None
+    if run.status == "interrupted":
+        from cnncli.runs import read_status
+
+        status = read_status(run.path)
+        err_console.print(f"interrupted in epoch {status.get('epoch', 0) + 1} after batch {status.get('batch')} "
+                          f"(step {status.get('step')}); checkpoint written to {run.path / 'checkpoints' / 'last.npz'}"
+                          f"\nresume with: cnncli train --resume {run.path}", highlight=False)
+        raise typer.Exit(130)
     best = run.best
     if best is not None:
         val = (f"val_loss {best.val_loss:.4f}, val_accuracy {best.val_accuracy:.4f}" if best.val_loss is not None
