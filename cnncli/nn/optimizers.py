@@ -253,6 +253,11 @@ class Optimizer:
                         raise CheckpointError(f"optimizer state {name!r} has shape {arr.shape}; "
                                               f"the parameter has {w.shape}")
                     restored[key][slot] = arr.astype(w.dtype, copy=True)
+        known = {f"{key}/{slot}" for key in params for slot in self.slots} | {"t"}
+        extra = sorted(set(state) - known)
+        if extra:
+            raise CheckpointError(f"optimizer state has entries this {self.name} optimizer and network do not: "
+                                  f"{', '.join(extra[:5])}")
         self.t = t
         self.state = restored
 

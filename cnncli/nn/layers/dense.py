@@ -35,7 +35,7 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)  # (N, H*W*C)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, H*W*C); works for N = 0
 
     def backward(self, dy):
         return dy.reshape(self._shape)  # (N, H, W, C)
