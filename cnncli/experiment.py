@@ -154,7 +154,8 @@ def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "r
 
 
 def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "runs", name: str | None = None,
-          callbacks: tuple[Callback, ...] = (), on_ready=None, handle_signals: bool = True) -> Run:
+          callbacks: tuple[Callback, ...] = (), on_ready=None, handle_signals: bool = True,
+          exact_name: bool = False) -> Run:
     """Train a config into a new run folder and return the :class:`Run`.
 
     ``on_ready(run_dir, config, network, dataset)`` is called once the folder exists,
@@ -165,7 +166,7 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     config, built, data = prepare(config, overrides, runs_dir)
     network, loss, optimizer = built
     values = config.values
-    run_dir = runs.create_run_dir(runs_dir, name or values["name"])
+    run_dir = runs.create_run_dir(runs_dir, name or values["name"], exact=exact_name)
     runs.write_status(run_dir, "running", epoch=0, step=0)
     runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     runs.write_json(run_dir / "env.json", runs.environment())

@@ -57,8 +57,9 @@ def _json_default(obj):
 
 
 # ------------------------------------------------------------------------------ folders
-def create_run_dir(runs_dir: str | Path, name: str) -> Path:
-    """A new, empty run folder under ``runs_dir`` (created if needed)."""
+def create_run_dir(runs_dir: str | Path, name: str, *, exact: bool = False, checkpoints: bool = True) -> Path:
+    """A new, empty folder ``<runs_dir>/<YYYYmmdd-HHMMSS>-<name>`` (or ``<runs_dir>/<name>``
+    with ``exact``), never an existing one; the name cannot leave ``runs_dir``."""
     from cnncli.config import sanitize_name
 
     root = Path(runs_dir)
@@ -68,8 +69,7 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
         raise CnnCliError(f"{root}: cannot create the runs folder ({err.strerror})") from None
     if not os.access(root, os.W_OK):
         raise CnnCliError(f"{root}: the runs folder is not writable")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{sanitize_name(name)}"
+    base = sanitize_name(name) if exact else f"{time.strftime('%Y%m%d-%H%M%S')}-{sanitize_name(name)}"
     for attempt in range(1, 1000):
         candidate = root / (base if attempt == 1 else f"{base}-{attempt}")
         if candidate.resolve().parent != root.resolve():
@@ -77,8 +77,11 @@ def create_run_dir(runs_dir: str | Path, name: str) -> Path:
         try:
             candidate.mkdir()
         except FileExistsError:
+            if exact:
+                raise CnnCliError(f"{candidate}: already exists") from None
             continue
-        (candidate / "checkpoints").mkdir()
+        if checkpoints:
+            (candidate / "checkpoints").mkdir()
         return candidate
     raise CnnCliError(f"{root}: too many runs named {base}")
 
