@@ -305,5 +305,185 @@ def predict(
     console.print(table)
 
 
+@app.command()
+@user_errors
+def sweep(
+    target: Optional[Path] = typer.Argument(None, help="A config file (with --grid) or a sweep file."),
+    grid: List[str] = typer.Option([], "--grid", "-g", metavar="KEY=V1,V2",
+                                   help="Values for one key (YAML, comma-separated). Repeatable: a cartesian grid."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override for every trial."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run in parallel (worker processes)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Sweep name (default: the file's stem)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Ranking metric: val_accuracy, val_loss, accuracy, loss."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="max or min (default: by the metric)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Sweeps go to RUNS_DIR/sweeps/."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a sweep folder.", file_okay=False),
+    executor: str = typer.Option("local", "--executor", help="local (worker processes) or dask."),
+    address: Optional[str] = typer.Option(None, "--address", help="Dask scheduler, e.g. tcp://HOST:8786."),
+) -> None:
+    """Grid or random search over a config: trials in parallel, resumable, with a leaderboard.
+
+    Exit code 1 when any trial failed (each failure's reason is in results.csv).
+    """
+    from cnncli import sweep as sweeps
+
+    if executor not in ("local", "dask"):
+        raise CnnCliError(f"--executor: expected local or dask; got {executor!r}")
+    if resume is not None:
+        if target is not None or grid or set_:
+            raise CnnCliError("sweep --resume continues a sweep as it was defined: no target, --grid or --set")
+        sw = sweeps.Sweep.open(resume)
+    else:
+        if target is None:
+            raise CnnCliError("sweep: give a config with --grid KEY=V1,V2, or a sweep file")
+        spec = sweeps.make_spec(str(target), grid_options=grid, overrides=set_, name=name, metric=metric, mode=mode)
+        sweeps.trial_configs(spec)  # every trial validated before the folder exists
+        sw = sweeps.Sweep.create(spec, runs_dir)
+    total = len(sw.spec.trials)
+    done = total - len(sw.pending())
+    console.print(f"sweep {sw.folder}: {total} trials ({done} already completed), "
+                  f"{'dask at ' + str(address) if executor == 'dask' else f'{jobs} job(s)'}", highlight=False)
+    counts = {"running": 0, "failed": 0, "done": done}
+    progress = Progress(TextColumn("trials"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
+
+    def update(event, index, record):
+        if event == "started":
+            counts["running"] += 1
+        else:
+            counts["running"] -= 1
+            counts["done"] += 1
+            if record["status"] == "failed":
+                counts["failed"] += 1
+                progress.console.print(f"trial-{index:03d} failed: {record.get('reason')}", highlight=False,
+                                       style="red")
+        progress.update(task, completed=counts["done"],
+                        stats=f"running {counts['running']}  failed {counts['failed']}")
+
+    with progress:
+        task = progress.add_task("sweep", total=total, completed=done, stats="")
+        try:
+            sweeps.run_sweep(sw, jobs=jobs, executor=executor, address=address, on_update=update)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted; continue with: cnncli sweep --resume {sw.folder}")
+            raise typer.Exit(130) from None
+    header, body = sw.leaderboard_rows()
+    table = Table(title=f"leaderboard ({sw.spec.metric}, {sw.spec.mode})", title_justify="left")
+    for col in header:
+        table.add_column(col, justify="left" if col in ("trial", "status") else "right")
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
+    best = sw.best_trial()
+    if best is not None:
+        console.print(f"best: {sw.folder / sw.records[best]['path']}", highlight=False)
+    console.print(f"results: {sw.folder / 'results.csv'}", highlight=False)
+    failed = [i for i, r in sw.records.items() if r.get("status") != "completed"]
+    if failed:
+        err_console.print(f"{len(failed)} trial(s) failed: " + ", ".join(f"trial-{i:03d}" for i in failed))
+        raise typer.Exit(1)
+
+
+@app.command("runs")
+@user_errors
+def runs_(
+    runs_dir: Path = typer.Argument(Path("runs"), help="Folder of runs (default: runs)."),
+) -> None:
+    """Every run with its status, age and key metrics (and the sweeps)."""
+    from cnncli import runs as rs
+
+    found = rs.list_runs(runs_dir)
+    sweeps_dir = runs_dir / "sweeps"
+    if not found and not sweeps_dir.is_dir():
+        console.print(f"no runs in {runs_dir}/", highlight=False)
+        return
+    table = Table(title=str(runs_dir), title_justify="left")
+    for col in ("run", "status", "age", "epochs", "best val_acc", "best val_loss", "final acc"):
+        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+    for path in found:
+        status = rs.read_status(path)
+        rows = rs.read_metrics(path)
+        vals = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
+        losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+        table.add_row(path.name, status.get("status", "?"), _age(path), str(len(rows)),
+                      f"{max(vals):.4f}" if vals else "", f"{min(losses):.4f}" if losses else "",
+                      f"{rows[-1]['accuracy']:.4f}" if rows else "")
+    console.print(table)
+    if sweeps_dir.is_dir():
+        for sw in sorted(p for p in sweeps_dir.iterdir() if (p / "sweep.yaml").is_file()):
+            trials = json.loads((sw / "trials.json").read_text()) if (sw / "trials.json").is_file() else {}
+            states = [t.get("status") for t in trials.values()]
+            console.print(f"sweep {sw.name}: {states.count('completed')} completed, {states.count('failed')} "
+                          f"failed, {states.count('running')} running", highlight=False)
+
+
+def _age(path: Path) -> str:
+    import time
+
+    seconds = time.time() - path.stat().st_mtime
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@app.command()
+@user_errors
+def compare(
+    run_dirs: List[Path] = typer.Argument(..., help="Two or more run folders."),
+) -> None:
+    """Metrics side by side, and the config keys that differ."""
+    import yaml
+
+    from cnncli import runs as rs
+
+    if len(run_dirs) < 2:
+        raise CnnCliError("compare: give at least two run folders")
+    paths = [rs.resolve_run_dir(p) for p in run_dirs]
+    table = Table(title="metrics", title_justify="left")
+    table.add_column("")
+    for p in paths:
+        table.add_column(p.name, justify="right")
+    per_run = []
+    for p in paths:
+        rows = rs.read_metrics(p)
+        status = rs.read_status(p)
+        final = rows[-1] if rows else {}
+        vals = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
+        losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+        per_run.append({"status": status.get("status", "?"), "epochs": str(len(rows)),
+                        "best val_accuracy": f"{max(vals):.4f}" if vals else "",
+                        "best val_loss": f"{min(losses):.4f}" if losses else "",
+                        "final accuracy": f"{final['accuracy']:.4f}" if final else "",
+                        "final loss": f"{final['loss']:.4f}" if final else "",
+                        "seconds": f"{sum(r['seconds'] for r in rows):.1f}" if rows else ""})
+    for key in per_run[0]:
+        table.add_row(key, *(r[key] for r in per_run))
+    console.print(table)
+    configs = [_flatten(yaml.safe_load((p / "config.yaml").read_text())) for p in paths]
+    keys = sorted(set().union(*configs))
+    diff = Table(title="config differences", title_justify="left")
+    diff.add_column("key")
+    for p in paths:
+        diff.add_column(p.name)
+    differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1 and k != "name"]
+    for k in differing:
+        diff.add_row(k, *(json.dumps(c.get(k)) if k in c else "-" for c in configs))
+    console.print(diff if differing else "configs are identical (but for the name)")
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        for i, v in enumerate(obj):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = obj
+    return out
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

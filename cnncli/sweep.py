@@ -1,0 +1,523 @@
+"""Sweeps: grids and random searches over a base config, run in parallel, resumable.
+
+A sweep is a base config plus the keys that vary. ``grid`` takes the cartesian product
+of its lists; ``random`` draws ``n_trials`` values for each of its keys (a list to choose
+from, or a ``{low, high, log}`` range), seeded, for every grid point. Every trial's
+config is expanded and validated before the first trial starts.
+
+A sweep folder ``<runs>/sweeps/<YYYYmmdd-HHMMSS>-<name>/`` holds ``sweep.yaml`` (the
+resolved sweep: base config, fixed overrides, each trial's overrides), one ordinary run
+folder per trial (``trial-000``, ``trial-001``, ...), ``results.csv`` (one row per trial),
+``leaderboard.md`` and ``best``, a link to the best trial's folder. Trial records live in
+``trials.json``; resume skips completed trials, reruns those that were running or failed,
+and keeps one row per trial.
+
+Trials run in worker processes (``jobs``), each limited to ``cores // jobs`` BLAS
+threads, or on a Dask distributed cluster (``executor: dask``), whose workers return
+their run folder as a compressed archive, so no shared filesystem is assumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from cnncli import runs
+from cnncli.config import apply_override, check_keys, load_config, read_yaml, sanitize_name
+from cnncli.errors import CnnCliError, ConfigError
+
+SWEEP_KEYS = ("base", "name", "overrides", "grid", "random", "metric", "mode", "jobs", "seed")
+METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+@dataclass
+class SweepSpec:
+    """What to run: the base config (a path), fixed overrides, and the trials' overrides."""
+
+    base: str
+    name: str
+    overrides: list[str]
+    grid: dict[str, list]
+    random: dict[str, Any]
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    seed: int = 0
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"base": self.base, "name": self.name, "overrides": self.overrides, "grid": self.grid,
+                "random": self.random, "metric": self.metric, "mode": self.mode, "seed": self.seed,
+                "trials": [{"index": i, "overrides": t} for i, t in enumerate(self.trials)]}
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_grid_option(item: str) -> tuple[str, list]:
+    """``optimizer.lr=0.1,0.01`` -> ('optimizer.lr', [0.1, 0.01]); values are YAML."""
+    if "=" not in item:
+        raise ConfigError("--grid", "KEY=V1,V2,..., for example optimizer.lr=0.1,0.01", item)
+    key, text = item.split("=", 1)
+    try:
+        values = yaml.safe_load(f"[{text}]")
+    except yaml.YAMLError:
+        raise ConfigError("--grid", "comma-separated YAML values", text) from None
+    if not values:
+        raise ConfigError(f"--grid {key}", "at least one value", text)
+    return key.strip(), values
+
+
+def make_spec(target: str, *, grid_options=(), overrides=(), name=None, metric=None, mode=None,
+              seed=None) -> SweepSpec:
+    """A SweepSpec from a config file with ``--grid`` options, or from a sweep file.
+
+    A sweep file is YAML with ``base`` (a config path, relative to the sweep file) and
+    ``grid:``/``random:`` sections; a file with a ``model`` section is a plain config.
+    """
+    raw = read_yaml(target)
+    if not isinstance(raw, dict):
+        raise ConfigError("", "", None, raw=f"{target}: expected a config or a sweep file (a mapping)")
+    if "base" in raw and "model" not in raw:
+        try:
+            check_keys(raw, SWEEP_KEYS, "")
+        except ConfigError as err:
+            raise err.in_file(target) from None
+        base = str((Path(target).parent / str(raw["base"])))
+        spec_grid = raw.get("grid") or {}
+        spec_random = raw.get("random") or {}
+        sweep_name = raw.get("name", Path(target).stem)
+        fixed = list(raw.get("overrides") or [])
+        file_metric, file_mode, file_seed = raw.get("metric"), raw.get("mode"), raw.get("seed")
+        source = target
+    else:
+        base, spec_grid, spec_random, sweep_name, fixed = target, {}, {}, Path(target).stem, []
+        file_metric = file_mode = file_seed = None
+        source = "--grid"
+    for item in grid_options:
+        key, values = parse_grid_option(item)
+        spec_grid[key] = values
+    spec = SweepSpec(base=base, name=sanitize_name(name or sweep_name), overrides=fixed + list(overrides),
+                     grid=spec_grid, random=spec_random, metric=metric or file_metric or "val_accuracy",
+                     mode=mode or file_mode or "", seed=seed if seed is not None else (file_seed or 0))
+    _check_spec(spec, source)
+    spec.trials = expand(spec)
+    return spec
+
+
+def _check_spec(spec: SweepSpec, source: str) -> None:
+    def bad(path, expected, got):
+        return ConfigError(path, expected, got, source=source if source != "--grid" else None)
+
+    if not isinstance(spec.grid, dict):
+        raise bad("grid", "a mapping of dotted keys to lists of values", spec.grid)
+    for key, values in spec.grid.items():
+        if not isinstance(values, list) or not values:
+            raise bad(f"grid.{key}", "a non-empty list of values", values)
+    if not isinstance(spec.random, dict):
+        raise bad("random", "a mapping with n_trials and dotted keys", spec.random)
+    n = spec.random.get("n_trials", 1 if not spec.random else None)
+    if spec.random and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise bad("random.n_trials", "a positive int", n)
+    for key, choice in spec.random.items():
+        if key in ("n_trials",):
+            continue
+        if isinstance(choice, list):
+            if not choice:
+                raise bad(f"random.{key}", "a non-empty list or {low, high, log}", choice)
+        elif isinstance(choice, dict):
+            check_keys(choice, ("low", "high", "log", "int"), f"random.{key}")
+            low, high = choice.get("low"), choice.get("high")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
+                raise bad(f"random.{key}", "{low: number, high: number} with low <= high", choice)
+            if choice.get("log") and low <= 0:
+                raise bad(f"random.{key}.low", "a number > 0 for a log range", low)
+        else:
+            raise bad(f"random.{key}", "a list to choose from or {low, high, log}", choice)
+    if spec.metric not in METRICS:
+        raise bad("metric", "one of " + ", ".join(METRICS), spec.metric)
+    if not spec.mode:
+        spec.mode = "min" if spec.metric.endswith("loss") else "max"
+    if spec.mode not in ("min", "max"):
+        raise bad("mode", "min or max", spec.mode)
+    if not isinstance(spec.seed, int) or isinstance(spec.seed, bool):
+        raise bad("seed", "an int", spec.seed)
+    if not spec.grid and not spec.random:
+        raise bad("grid", "at least one --grid KEY=V1,V2 or a grid:/random: section", None)
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every trial's varying values: grid product x n_trials seeded random draws."""
+    import numpy as np
+
+    keys = list(spec.grid)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(spec.grid[k] for k in keys))] or [{}]
+    random_keys = [k for k in spec.random if k != "n_trials"]
+    n_random = spec.random.get("n_trials", 1) if spec.random else 1
+    rng = np.random.default_rng([spec.seed, 0x5EEE])
+    trials = []
+    for point in points:
+        for _ in range(n_random):
+            trial = dict(point)
+            for key in random_keys:
+                trial[key] = _draw(spec.random[key], rng)
+            trials.append(trial)
+    return trials
+
+
+def _draw(choice, rng):
+    if isinstance(choice, list):
+        value = choice[int(rng.integers(len(choice)))]
+        return value
+    low, high = float(choice["low"]), float(choice["high"])
+    if choice.get("log"):
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+    else:
+        value = rng.uniform(low, high)
+    if choice.get("int"):
+        return int(round(value))
+    return float(f"{value:.6g}")
+
+
+def override_strings(trial: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in trial.items()]
+
+
+def trial_configs(spec: SweepSpec) -> list[dict]:
+    """Validate every trial's config up front; an error names the trial and the key."""
+    configs = []
+    base_raw = read_yaml(spec.base)
+    if not isinstance(base_raw, dict):
+        raise ConfigError("", "", None, raw=f"{spec.base}: expected a config mapping")
+    for i, trial in enumerate(spec.trials):
+        raw = copy.deepcopy(base_raw)
+        try:
+            for item in spec.overrides + override_strings(trial):
+                apply_override(raw, item)
+            config = load_config(raw)
+        except ConfigError as err:
+            desc = ", ".join(f"{k}={v}" for k, v in trial.items())
+            raise ConfigError("", "", None, raw=f"{spec.base}: trial {i} ({desc}): {err}") from None
+        values = config.values
+        values["name"] = f"trial-{i:03d}"
+        configs.append(values)
+    return configs
+
+
+# ------------------------------------------------------------------------------ trials
+def run_trial(index: int, values: dict, target: str | None, threads: int | None = None) -> dict:
+    """Run one trial (in a worker). With ``target`` None the run folder comes back as bytes."""
+    if threads:
+        _limit_threads(threads)
+    from cnncli.experiment import train
+
+    start = time.time()
+    workdir = Path(target) if target else Path(tempfile.mkdtemp(prefix="cnncli-trial-"))
+    record: dict[str, Any] = {"index": index, "status": "failed", "reason": None}
+    try:
+        run = train(values, runs_dir=workdir, name=values["name"], handle_signals=False, exact_name=True)
+        record.update(status="completed", path=run.path.name, metrics=_trial_metrics(run.history))
+    except CnnCliError as err:
+        record.update(reason=f"{type(err).__name__}: {err}")
+    except Exception as err:  # a trial's bug must not end the sweep; its reason is recorded
+        record.update(reason=f"{type(err).__name__}: {err}")
+    record["seconds"] = round(time.time() - start, 3)
+    folder = workdir / values["name"]
+    record["path"] = folder.name
+    if target is None:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            if folder.exists():
+                tar.add(folder, arcname=folder.name)
+        record["archive"] = buf.getvalue()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if record["status"] == "failed" and "metrics" not in record:
+        history = runs.read_metrics(folder) if folder.exists() else []
+        record["metrics"] = _trial_metrics_rows(history)
+    return record
+
+
+def _limit_threads(threads: int) -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+
+
+def _trial_metrics(history) -> dict:
+    return _trial_metrics_rows([h.as_dict() for h in history])
+
+
+def _trial_metrics_rows(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    final = rows[-1]
+    out = {"epochs": final["epoch"]}
+    for m in METRICS:
+        values = [r[m] for r in rows if r.get(m) is not None]
+        if values:
+            out[f"final_{m}"] = final.get(m)
+            out[f"best_{m}"] = (min if m.endswith("loss") else max)(values)
+    return out
+
+
+# ---------------------------------------------------------------------------- the sweep
+class Sweep:
+    """A sweep folder: its spec, its trial records and its outputs."""
+
+    def __init__(self, folder: Path, spec: SweepSpec, records: dict[int, dict] | None = None):
+        self.folder = folder
+        self.spec = spec
+        self.records: dict[int, dict] = records or {}
+
+    @classmethod
+    def create(cls, spec: SweepSpec, runs_dir: str | Path) -> "Sweep":
+        root = Path(runs_dir) / "sweeps"
+        folder = runs.create_run_dir(root, spec.name, checkpoints=False)
+        sweep = cls(folder, spec)
+        runs.atomic_write_text(folder / "sweep.yaml", yaml.safe_dump(spec.as_dict(), sort_keys=False))
+        sweep.save()
+        return sweep
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "Sweep":
+        folder = Path(folder)
+        if not (folder / "sweep.yaml").is_file():
+            raise CnnCliError(f"{folder}: not a sweep folder (no sweep.yaml)")
+        raw = yaml.safe_load((folder / "sweep.yaml").read_text())
+        trials = [t["overrides"] for t in raw.pop("trials")]
+        spec = SweepSpec(**raw, trials=trials)
+        records = {}
+        if (folder / "trials.json").is_file():
+            records = {int(k): v for k, v in json.loads((folder / "trials.json").read_text()).items()}
+        return cls(folder, spec, records)
+
+    def save(self) -> None:
+        runs.write_json(self.folder / "trials.json", {str(k): v for k, v in sorted(self.records.items())})
+        self.write_results()
+
+    def pending(self) -> list[int]:
+        return [i for i in range(len(self.spec.trials)) if self.records.get(i, {}).get("status") != "completed"]
+
+    def varying_keys(self) -> list[str]:
+        keys = []
+        for k in dict.fromkeys(k for t in self.spec.trials for k in t):
+            if len({json.dumps(t.get(k)) for t in self.spec.trials}) > 1:
+                keys.append(k)
+        return keys
+
+    def score(self, record: dict) -> float | None:
+        value = (record.get("metrics") or {}).get(f"best_{self.spec.metric}")
+        return None if value is None or value != value else value
+
+    def ranked(self) -> list[int]:
+        """Trial indices, best first; trials without the metric last."""
+        sign = -1 if self.spec.mode == "max" else 1
+        def key(i):
+            s = self.score(self.records.get(i, {}))
+            return (s is None, sign * s if s is not None else 0, i)
+        return sorted(range(len(self.spec.trials)), key=key)
+
+    def rows(self) -> list[dict]:
+        keys = list(dict.fromkeys(k for t in self.spec.trials for k in t))
+        out = []
+        for i, trial in enumerate(self.spec.trials):
+            rec = self.records.get(i, {})
+            metrics = rec.get("metrics") or {}
+            row = {"trial": i, **{k: trial.get(k) for k in keys}}
+            for m in METRICS:
+                row[f"final_{m}"] = metrics.get(f"final_{m}")
+                row[f"best_{m}"] = metrics.get(f"best_{m}")
+            row.update(epochs=metrics.get("epochs"), status=rec.get("status", "pending"),
+                       seconds=rec.get("seconds"), run=rec.get("path", f"trial-{i:03d}"),
+                       reason=rec.get("reason") or "")
+            out.append(row)
+        return out
+
+    def write_results(self) -> None:
+        rows = self.rows()
+        buf = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: "" if v is None else (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                                 for k, v in r.items()})
+        runs.atomic_write_text(self.folder / "results.csv", buf.getvalue())
+        runs.atomic_write_text(self.folder / "leaderboard.md", self.leaderboard_markdown())
+        self._point_best()
+
+    def leaderboard_rows(self) -> tuple[list[str], list[list[str]]]:
+        varying = self.varying_keys()
+        m = self.spec.metric
+        header = ["rank", "trial", *varying, f"best {m}", f"final {m}", "epochs", "status", "seconds"]
+        body = []
+        for rank, i in enumerate(self.ranked(), start=1):
+            rec = self.records.get(i, {})
+            metrics = rec.get("metrics") or {}
+            trial = self.spec.trials[i]
+            body.append([str(rank), f"trial-{i:03d}", *(str(trial.get(k)) for k in varying),
+                         _fmt(metrics.get(f"best_{m}")), _fmt(metrics.get(f"final_{m}")),
+                         str(metrics.get("epochs", "")), rec.get("status", "pending"),
+                         _fmt(rec.get("seconds"), 1)])
+        return header, body
+
+    def leaderboard_markdown(self) -> str:
+        header, body = self.leaderboard_rows()
+        lines = [f"# Sweep {self.folder.name}", "",
+                 f"Base config `{self.spec.base}`; ranked by {self.spec.metric} ({self.spec.mode}).", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        failed = [(i, r) for i, r in sorted(self.records.items()) if r.get("status") == "failed"]
+        if failed:
+            lines += ["", "Failed trials:"] + [f"- trial-{i:03d}: {r.get('reason')}" for i, r in failed]
+        return "\n".join(lines) + "\n"
+
+    def best_trial(self) -> int | None:
+        for i in self.ranked():
+            if self.records.get(i, {}).get("status") == "completed" and self.score(self.records[i]) is not None:
+                return i
+        return None
+
+    def _point_best(self) -> None:
+        best = self.best_trial()
+        link = self.folder / "best"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        if best is None:
+            return
+        target = self.records[best].get("path", f"trial-{best:03d}")
+        try:
+            link.symlink_to(target, target_is_directory=True)
+        except OSError:  # no symlinks here: a text pointer
+            runs.atomic_write_text(link, target + "\n")
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def run_sweep(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: str | None = None,
+              on_update: Callable[[str, int, dict | None], None] | None = None) -> Sweep:
+    """Run every pending trial; ``on_update(event, index, record)`` reports started/finished."""
+    configs = trial_configs(sweep.spec)  # validated up front, before any trial starts
+    pending = sweep.pending()
+    for i in pending:  # a trial that was running or failed starts again from nothing
+        folder = sweep.folder / f"trial-{i:03d}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        sweep.records.pop(i, None)
+    sweep.save()
+    notify = on_update or (lambda event, index, record: None)
+    if not pending:
+        return sweep
+    if executor == "dask":
+        _run_dask(sweep, configs, pending, address, notify)
+    elif jobs <= 1:
+        for i in pending:
+            sweep.records[i] = {"index": i, "status": "running"}
+            sweep.save()
+            notify("started", i, None)
+            record = run_trial(i, configs[i], str(sweep.folder))
+            _finish(sweep, i, record, notify)
+    else:
+        _run_local_pool(sweep, configs, pending, jobs, notify)
+    return sweep
+
+
+def _finish(sweep: Sweep, i: int, record: dict, notify) -> None:
+    archive = record.pop("archive", None)
+    if archive is not None:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(sweep.folder, filter="data")
+    sweep.records[i] = record
+    sweep.save()
+    notify("finished", i, record)
+
+
+def threads_per_worker(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(jobs, 1))
+
+
+def _run_local_pool(sweep: Sweep, configs, pending, jobs: int, notify) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = threads_per_worker(jobs)
+    saved = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    for v in saved:  # read by BLAS when a worker imports numpy
+        os.environ[v] = str(threads)
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {}
+            queue = list(pending)
+            while queue or futures:
+                while queue and len(futures) < jobs:
+                    i = queue.pop(0)
+                    sweep.records[i] = {"index": i, "status": "running"}
+                    sweep.save()
+                    futures[pool.submit(run_trial, i, configs[i], str(sweep.folder), threads)] = i
+                    notify("started", i, None)
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = futures.pop(fut)
+                    try:
+                        record = fut.result()
+                    except Exception as err:  # the worker itself died
+                        record = {"index": i, "status": "failed", "reason": f"worker failed: {err}",
+                                  "metrics": {}}
+                    _finish(sweep, i, record, notify)
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
+def _run_dask(sweep: Sweep, configs, pending, address: str | None, notify) -> None:
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError:
+        raise CnnCliError("--executor dask needs dask[distributed]: pip install 'cnncli[dask]'") from None
+    if not address:
+        raise CnnCliError("--executor dask needs --address tcp://HOST:PORT of a running scheduler")
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError) as err:
+        raise CnnCliError(f"cannot reach the Dask scheduler at {address} ({err})") from None
+    try:
+        futures = {}
+        for i in pending:
+            sweep.records[i] = {"index": i, "status": "running"}
+            futures[client.submit(run_trial, i, configs[i], None, 1, pure=False, key=f"cnncli-trial-{i}-"
+                                  f"{time.time_ns()}")] = i
+            notify("started", i, None)
+        sweep.save()
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                record = fut.result()
+            except Exception as err:
+                record = {"index": i, "status": "failed", "reason": f"worker failed: {err}", "metrics": {}}
+            _finish(sweep, i, record, notify)
+    finally:
+        client.close()
