@@ -53,6 +53,7 @@ TRAIN_DEFAULTS = {
     "validation_split": 0.2,
     "early_stopping": None,
     "checkpoint_every": 1,
+    "on_nan": "stop",
     "dtype": "float32",
 }
 EARLY_STOPPING_DEFAULTS = {"monitor": "val_loss", "patience": 5, "min_delta": 0.0, "restore_best": True}
@@ -86,6 +87,21 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``, plus floats without a dot such as ``1e-3`` (YAML 1.2), which
+    YAML 1.1 reads as the string ``'1e-3'``: ``lr: 1e-3`` and ``--set optimizer.lr=1e-3``
+    mean the number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file with ``safe_load``; a syntax error names the file and line."""
     p = Path(path)
@@ -96,7 +112,7 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError("", "", None, raw=f"{path}: cannot be read ({err})") from None
     try:
-        return yaml.safe_load(text)
+        return _load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -144,7 +160,7 @@ def apply_override(raw: dict, item: str) -> None:
     key, text = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _load(text) if text.strip() else None
     except yaml.YAMLError:
         raise ConfigError(key, "a YAML value", text, raw=f"--set {item}: the value is not valid YAML") from None
     parts = parse_key_path(key)
@@ -312,7 +328,9 @@ def resolve_train(raw: dict) -> dict:
     out = {**TRAIN_DEFAULTS, **raw}
     _positive_int(out, "epochs", "train")
     _positive_int(out, "batch_size", "train")
-    _positive_int(out, "checkpoint_every", "train")
+    out["checkpoint_every"] = _checkpoint_every(out["checkpoint_every"])
+    if out["on_nan"] not in ("stop", "skip_batch"):
+        raise ConfigError("train.on_nan", "stop or skip_batch", out["on_nan"])
     _boolean(out, "shuffle", "train")
     split = out["validation_split"]
     if not _is_number(split) or not 0 <= split < 1:
@@ -389,6 +407,24 @@ def _positive_int(d: dict, key: str, path: str, minimum: int = 1) -> None:
     if not _is_int(d[key]) or d[key] < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ConfigError(f"{path}.{key}", what, d[key])
+
+
+def _checkpoint_every(value: object) -> int | str:
+    """An int (epochs), or ``"N epochs"`` / ``"N steps"``; resolved to int or ``"N steps"``."""
+    expected = "a positive int (epochs), or 'N epochs' or 'N steps'"
+    if _is_int(value):
+        if value < 1:
+            raise ConfigError("train.checkpoint_every", expected, value)
+        return value
+    if isinstance(value, str):
+        parts = value.split()
+        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) >= 1:
+            unit = parts[1].lower()
+            if unit in ("epoch", "epochs"):
+                return int(parts[0])
+            if unit in ("step", "steps"):
+                return f"{int(parts[0])} steps"
+    raise ConfigError("train.checkpoint_every", expected, value)
 
 
 def _boolean(d: dict, key: str, path: str) -> None:
