@@ -121,14 +121,15 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (), *,
-                check_paths: bool = True) -> Config:
+                check_paths: bool = True, check_memory: bool = True) -> Config:
     """Read, override, validate and resolve an experiment config.
 
     ``source`` is a YAML file path, a dict (as ``yaml.safe_load`` would give) or a
     Config (which is re-validated, for example with more overrides). ``overrides`` are
     ``"dotted.key=value"`` strings whose values are parsed as YAML: ``optimizer.lr=0.01``,
     ``model.layers[0].filters=32``, ``train.early_stopping={patience: 3}``.
-    ``check_paths`` reports a data path that does not exist.
+    ``check_paths`` reports a data path that does not exist; ``check_memory`` refuses a
+    network that cannot train in this machine's memory (see cnncli.resources).
     """
     overrides = list(overrides)
     file: str | None = None
@@ -147,7 +148,8 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
             raise ConfigError("", f"a mapping with the sections {', '.join(SECTIONS)}", raw)
         for item in overrides:
             apply_override(raw, item)
-        values = resolve(raw, default_name=Path(file).stem if file else "run", check_paths=check_paths)
+        values = resolve(raw, default_name=Path(file).stem if file else "run", check_paths=check_paths,
+                         check_memory=check_memory)
     except ConfigError as err:
         raise err.in_file(file) if file and not err.source else err
     return Config(values, file, overrides)
@@ -213,7 +215,7 @@ def parse_key_path(key: str) -> list[str | int]:
 
 
 # ---------------------------------------------------------------------------- resolving
-def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True) -> dict:
+def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, check_memory: bool = True) -> dict:
     """Validate ``raw`` and return the resolved config dict (defaults filled in)."""
     check_keys(raw, SECTIONS, "")
     out: dict[str, Any] = {}
@@ -232,10 +234,16 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True) -
     out["train"] = resolve_train(section(raw, "train"))
     out["loss"], out["optimizer"] = resolve_objective(raw, out)
     out["eval"] = resolve_eval(section(raw, "eval"))
-    # Build the network once on the declared input shape: shape errors surface now.
+    # Build the network's shapes on the declared input shape (nothing allocated): shape
+    # errors surface now, and a run too large for this machine is refused before it starts.
     from cnncli.build import build_network
+    from cnncli.nn.optimizers import OPTIMIZERS
+    from cnncli.resources import check_memory as refuse_oversized
 
-    build_network(out)
+    network = build_network(out, allocate=False)
+    if check_memory:
+        slots = len(OPTIMIZERS.get(out["optimizer"]["name"]).slots)
+        refuse_oversized(network, out["train"]["batch_size"], slots, out["eval"]["batch_size"])
     return out
 
 

@@ -26,6 +26,7 @@ from cnncli.build import build
 from cnncli.config import Config, load_config
 from cnncli.data import Dataset, Split, apply_normalization, load_dataset, seeded_rng
 from cnncli.errors import CheckpointError, CnnCliError, DataError
+from cnncli.resources import check_disk
 from cnncli.metrics import (class_probabilities, confusion_matrix, per_class_scores, predicted_classes)
 from cnncli.summary import summarize, to_markdown
 from cnncli.training import Callback, EpochMetrics, FitResult, TrainState, evaluate, fit
@@ -166,6 +167,8 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     config, built, data = prepare(config, overrides, runs_dir)
     network, loss, optimizer = built
     values = config.values
+    slots = len(optimizer.slots)
+    check_disk(runs_dir, (1 + slots) * network.parameter_count() * network.dtype.itemsize)
     run_dir = runs.create_run_dir(runs_dir, name or values["name"], exact=exact_name)
     runs.write_status(run_dir, "running", epoch=0, step=0)
     runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())

@@ -106,6 +106,12 @@ def ones(shape, rng, fan_in=None, fan_out=None):
 
 def initialize(name: str, shape: tuple[int, ...], rng: np.random.Generator, dtype,
                fan_in: int | None = None, fan_out: int | None = None) -> np.ndarray:
-    """Draw an array of ``shape`` with the named initializer and cast it to ``dtype``."""
+    """Draw an array of ``shape`` with the named initializer and cast it to ``dtype``.
+
+    Without a generator (``rng=None``: a network built with ``allocate=False``) the result
+    is a read-only zero-strided placeholder of the right shape that takes no memory.
+    """
+    if rng is None:
+        return np.broadcast_to(np.zeros((), dtype=dtype), tuple(shape))
     values = INITIALIZERS.get(name)(tuple(shape), rng, fan_in, fan_out)
     return np.ascontiguousarray(values, dtype=dtype)

@@ -44,10 +44,13 @@ class Network:
         self.seed: int | None = None
 
     # -- construction ---------------------------------------------------------------
-    def build(self, input_shape, seed: int | np.random.Generator | None = 0, dtype="float32") -> "Network":
+    def build(self, input_shape, seed: int | np.random.Generator | None = 0, dtype="float32", *,
+              allocate: bool = True) -> "Network":
         """Create every parameter now, from a seeded generator; check every shape.
 
         Raises ShapeError naming the layer index when a layer cannot take its input.
+        ``allocate=False`` checks shapes and sizes only: parameters are zero-strided
+        placeholders that take no memory, so a size estimate can come before allocation.
         """
         shape = tuple(input_shape)
         if not shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
@@ -60,6 +63,8 @@ class Network:
         if self.dtype not in (np.float32, np.float64):
             raise ConfigError("dtype", "float32 or float64", str(self.dtype))
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        if not allocate:
+            rng = None
         self.seed = None if isinstance(seed, np.random.Generator) else seed
         self.input_shape = tuple(int(d) for d in shape)
         for i, layer in enumerate(self.layers):

@@ -55,7 +55,7 @@ class Dropout(Layer):
 
     def _build(self, input_shape, rng):
         # A child stream: the layer's masks never shift the draws of later initializers.
-        self.rng = rng.spawn(1)[0]
+        self.rng = rng.spawn(1)[0] if rng is not None else None
         return input_shape
 
     def forward(self, x, training=False):
@@ -92,7 +92,7 @@ class BatchNorm(Layer):
         if len(input_shape) not in (1, 3):
             raise self._shape_error(f"expected an input of shape (D,) or (H, W, C); got {input_shape}")
         c = input_shape[-1]
-        self.params["gamma"] = np.ones(c, dtype=self.dtype)
+        self.params["gamma"] = np.ones(c, dtype=self.dtype)  # (C,): small, even when not allocating
         self.params["beta"] = np.zeros(c, dtype=self.dtype)
         self.buffers["running_mean"] = np.zeros(c, dtype=self.dtype)
         self.buffers["running_var"] = np.ones(c, dtype=self.dtype)
