@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_config": ("cnncli.config", "load_config"),
     "Config": ("cnncli.config", "Config"),
-    "build": ("cnncli.build", "build"),
+    "build": ("cnncli.builder", "build"),
     "train": ("cnncli.experiment", "train"),
     "evaluate_run": ("cnncli.experiment", "evaluate_run"),
     "predict": ("cnncli.experiment", "predict"),

@@ -254,7 +254,7 @@ def summary(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
 ) -> None:
     """The paper's Table 5 for a network: shapes, parameter arithmetic, FLOPs, memory."""
-    from cnncli.build import build_network
+    from cnncli.builder import build_network
     from cnncli.config import load_config
     from cnncli.runs import resolve_run_dir
     from cnncli.summary import summarize, to_csv, to_json, to_markdown

@@ -236,7 +236,7 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
     out["eval"] = resolve_eval(section(raw, "eval"))
     # Build the network's shapes on the declared input shape (nothing allocated): shape
     # errors surface now, and a run too large for this machine is refused before it starts.
-    from cnncli.build import build_network
+    from cnncli.builder import build_network
     from cnncli.nn.optimizers import OPTIMIZERS
     from cnncli.resources import check_memory as refuse_oversized
 

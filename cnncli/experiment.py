@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import runs
-from cnncli.build import build
+from cnncli.builder import build
 from cnncli.config import Config, load_config
 from cnncli.data import Dataset, Split, apply_normalization, load_dataset, seeded_rng
 from cnncli.errors import CheckpointError, CnnCliError, DataError

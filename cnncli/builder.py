@@ -1,4 +1,8 @@
-"""Config -> engine objects, through the registries: the network, the loss, the optimizer."""
+"""Config -> engine objects, through the registries: the network, the loss, the optimizer.
+
+(This module is ``builder``, not ``build``, so that ``cnncli.build(config)`` stays the
+API function: a submodule named ``build`` would replace it as a package attribute.)
+"""
 
 from __future__ import annotations
 
@@ -23,15 +27,17 @@ class Built:
         return iter((self.network, self.loss, self.optimizer))
 
 
-def build_network(values: dict) -> Network:
+def build_network(values: dict, *, allocate: bool = True) -> Network:
     """The model section's network, built on its input shape with the config's seed and dtype.
 
-    A layer that cannot take its input is reported as ``model.layers[i]: ...``.
+    A layer that cannot take its input is reported as ``model.layers[i]: ...``. With
+    ``allocate=False`` only shapes and sizes are built (see ``Network.build``).
     """
     model = values["model"]
     try:
         net = Network(model["layers"])
-        net.build(tuple(model["input_shape"]), seed=values["seed"], dtype=values["train"]["dtype"])
+        net.build(tuple(model["input_shape"]), seed=values["seed"], dtype=values["train"]["dtype"],
+                  allocate=allocate)
     except ShapeError as err:
         raise ConfigError(f"model.layers[{err.index}]", "", None, raw=err.message) from None
     except ConfigError as err:
@@ -51,3 +57,4 @@ def build(config: Config | dict | str) -> Built:
     except ConfigError as err:
         raise err.in_file(config.source) if config.source and not err.source else err
     return Built(network, loss, optimizer)
+
