@@ -111,23 +111,30 @@ class ProgressDisplay:
 
 
 # ---------------------------------------------------------------------------- summary
-def summary_table(summary) -> Table:
+def summary_table(summary, flops: bool = True) -> Table:
     from cnncli.summary import calculation_text, human_bytes, human_flops, shape_text
 
     table = Table(title=f"input {shape_text(summary.input_shape)} ({summary.dtype})", title_justify="left")
-    for col, justify in (("#", "right"), ("layer", "left"), ("output", "left"), ("calculation", "left"),
-                         ("weights", "right"), ("biases", "right"), ("parameters", "right"),
-                         ("forward FLOPs", "right")):
+    columns = [("#", "right"), ("layer", "left"), ("output", "left"), ("calculation", "left"),
+               ("weights", "right"), ("biases", "right"), ("parameters", "right"), ("forward FLOPs", "right")]
+    if flops:
+        columns.append(("backward FLOPs", "right"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
     for r in summary.rows:
         table.add_row(str(r.index), r.layer, shape_text(r.output_shape), calculation_text(r), f"{r.weights:,}",
-                      f"{r.biases:,}", f"{r.params:,}", f"{r.flops:,}")
+                      f"{r.biases:,}", f"{r.params:,}", f"{r.flops:,}", *([f"{r.backward_flops:,}"] if flops else []))
     table.add_section()
     table.add_row("", "total", "", "", f"{summary.weights:,}", f"{summary.biases:,}", f"{summary.params:,}",
-                  f"{summary.flops:,}", style="bold")
-    table.caption = (f"{summary.params:,} parameters = {summary.weights:,} weights + {summary.biases:,} biases "
-                     f"({human_bytes(summary.param_bytes)}); activations {human_bytes(summary.activation_bytes)} "
-                     f"per example; forward {human_flops(summary.flops)} per example")
+                  f"{summary.flops:,}", *([f"{summary.backward_flops:,}"] if flops else []), style="bold")
+    caption = (f"{summary.params:,} parameters = {summary.weights:,} weights + {summary.biases:,} biases "
+               f"({human_bytes(summary.param_bytes)}); activations {human_bytes(summary.activation_bytes)} "
+               f"per example; forward {human_flops(summary.flops)} per example")
+    if flops and summary.batch_size:
+        caption += (f"; backward {human_flops(summary.backward_flops)}; one {summary.optimizer} update "
+                    f"{human_flops(summary.update_flops)} (at batch {summary.batch_size}: a training step is "
+                    f"{human_flops(int(summary.step_flops_per_example))} per example)")
+    table.caption = caption
     table.caption_justify = "left"
     return table
 
@@ -161,7 +168,7 @@ def train(
     def ready(run_dir, cfg, network, data):
         if quiet:
             return
-        console.print(summary_table(summarize(network)))
+        console.print(summary_table(summarize(network), flops=False))
         info = data.info
         extra = f", {len(info['skipped'])} unreadable skipped" if info.get("skipped") else ""
         cached = " (from cache)" if info.get("cached") else ""
@@ -250,6 +257,7 @@ def eval_(
 def summary(
     target: Optional[Path] = typer.Argument(None, help="A config file or a run folder (default: the most recent run)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, markdown, csv or json."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Backward and update FLOPs of a training step."),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a config value."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
 ) -> None:
@@ -264,9 +272,14 @@ def summary(
     if target is None or target.is_dir():
         target = resolve_run_dir(target, runs_dir) / "config.yaml"
     config = load_config(str(target), set_, check_paths=False, check_memory=False)
-    s = summarize(build_network(config.values, allocate=False))  # shapes only: any size works
+    network = build_network(config.values, allocate=False)  # shapes only: any size works
+    s = summarize(network, config["optimizer"], config["train"]["batch_size"])
     if fmt == "table":
-        console.print(summary_table(s))
+        console.print(summary_table(s, flops))
+        from cnncli.summary import SOURCES
+
+        if flops:
+            console.print(SOURCES, style="dim", highlight=False)
     else:
         print({"markdown": to_markdown, "csv": to_csv, "json": to_json}[fmt](s), end="" if fmt == "csv" else "\n")
 
