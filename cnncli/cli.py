@@ -498,5 +498,173 @@ def _flatten(obj, prefix: str = "") -> dict:
     return out
 
 
+@app.command()
+@user_errors
+def explain(
+    config: Path = typer.Argument(..., help="Experiment config (YAML), or a run folder.", dir_okay=True),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Only this layer (0-based index)."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, markdown or latex."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a config value."),
+) -> None:
+    """The forward and backward equations of every layer with this network's sizes,
+    the loss and its derivative, the optimizer's update and the FLOPs."""
+    from cnncli.builder import build_network
+    from cnncli.config import load_config
+    from cnncli.explain import explain as make, render_latex, render_markdown, render_text
+
+    if fmt not in ("text", "markdown", "latex"):
+        raise CnnCliError(f"--format: expected text, markdown or latex; got {fmt!r}")
+    if config.is_dir():
+        config = config / "config.yaml"
+    cfg = load_config(str(config), set_, check_paths=False, check_memory=False)
+    network = build_network(cfg.values, allocate=False)
+    if layer is not None and not 0 <= layer < len(network.layers):
+        raise CnnCliError(f"--layer: expected 0..{len(network.layers) - 1}; got {layer}")
+    sections = make(cfg, network, layer)
+    title = f"{cfg['name']}: the mathematics of {config}"
+    render = {"text": render_text, "markdown": render_markdown, "latex": render_latex}[fmt]
+    print(render(sections, title))
+
+
+@app.command()
+@user_errors
+def gradcheck(
+    config: Path = typer.Argument(..., help="Experiment config (YAML), or a run folder."),
+    batch: int = typer.Option(4, "--batch", "-b", min=1, help="Examples in the checked batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the weights, the sampled entries and random data."),
+    entries: int = typer.Option(20, "--entries", min=1, help="Entries checked per tensor (sampled when larger)."),
+    tolerance: float = typer.Option(1e-6, "--tolerance", help="Largest relative error that passes."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a config value."),
+) -> None:
+    """Compare every analytic gradient with central differences, in float64, per layer.
+
+    Exit code 1 when any layer fails.
+    """
+    import numpy as np
+
+    from cnncli.builder import build_network
+    from cnncli.config import load_config
+    from cnncli.data import load_dataset
+    from cnncli.nn.gradcheck import check_network
+    from cnncli.nn.losses import make_loss
+    from cnncli.training import targets_for
+
+    if config.is_dir():
+        config = config / "config.yaml"
+    cfg = load_config(str(config), [*set_, "train.dtype=float64", f"seed={seed}"], check_paths=False)
+    network = build_network(cfg.values)
+    loss = make_loss(cfg["loss"])
+    rng = np.random.default_rng(seed)
+    source = "random inputs"
+    try:
+        data = load_dataset({**cfg.values, "train": {**cfg["train"], "validation_split": 0.0}},
+                            cache_dir=Path("runs") / ".cache", outputs=int(np.prod(network.output_shape)))
+        pick = rng.choice(len(data.train), size=min(batch, len(data.train)), replace=False)
+        x, labels = data.train.x[pick], data.train.y[pick]
+        source = f"{len(pick)} examples of the configured data ({cfg['data']['source']})"
+    except CnnCliError:
+        x = rng.random((batch, *network.input_shape))
+        classes = max(int(np.prod(network.output_shape)), 2)
+        labels = rng.integers(0, classes, batch)
+    rows = check_network(network, loss, x, targets_for(network, labels), max_entries=entries, seed=seed)
+    table = Table(title=f"gradient check of {config}: float64, {source}, central differences (h = 1e-6)",
+                  title_justify="left")
+    for col, justify in (("#", "right"), ("layer", "left"), ("checked", "left"), ("entries", "right"),
+                         ("max relative error", "right"), ("", "left")):
+        table.add_column(col, justify=justify)
+    failed = []
+    for r in rows:
+        names = [f"{k} (local)" for k in r["local"]] + [f"{k}" for k in r["end_to_end"]]
+        ok = r["error"] < tolerance
+        if not ok:
+            failed.append(r)
+        table.add_row("" if r["index"] is None else str(r["index"]), r["layer"], ", ".join(names) or "-",
+                      str(r["entries"]), f"{r['error']:.2e}", "[green]pass[/]" if ok else "[bold red]FAIL[/]")
+    console.print(table)
+    console.print("local: the layer alone on its input with a random upstream gradient (dx and parameters); "
+                  "others: the loss's gradient with respect to that tensor through the whole network.",
+                  style="dim", highlight=False)
+    if failed:
+        where = ", ".join(f"layers[{r['index']}] ({r['layer']})" if r["index"] is not None else "the input"
+                          for r in failed)
+        err_console.print(f"gradient check failed (tolerance {tolerance:g}): {where}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"all gradients agree to better than {tolerance:g}", highlight=False)
+
+
+@app.command()
+@user_errors
+def visualize(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the most recent under runs/)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image for the feature maps (default: a validation "
+                                                               "example)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/visualize)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", "-c", help="best or last."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
+) -> None:
+    """PNGs of the first layer's kernels, each conv layer's feature maps, and the training curves."""
+    import numpy as np
+
+    from cnncli.data import apply_normalization, load_dataset
+    from cnncli.data.image_folder import load_image
+    from cnncli.experiment import load_run, write_curves
+    from cnncli.runs import read_metrics, resolve_run_dir
+    from cnncli.training import EpochMetrics
+    from cnncli.visualize import feature_maps_png, kernels_png
+
+    path = resolve_run_dir(run_dir, runs_dir)
+    cfg, network, _, info, _ = load_run(path, checkpoint)
+    out = out or path / "visualize"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        written.append(kernels_png(network, out / "kernels.png"))
+    except ValueError as err:
+        err_console.print(f"warning: {err}; no kernel picture", highlight=False)
+    shape = tuple(cfg["model"]["input_shape"])
+    if image is not None:
+        try:
+            raw = load_image(image, *shape)
+        except (OSError, ValueError, SyntaxError) as err:
+            raise CnnCliError(f"{image}: not a readable image ({err})") from None
+        x = apply_normalization(raw[None], info.get("normalization", {"mode": "scale", "scale": 255.0}),
+                                network.dtype.type)[0]
+    else:
+        data = load_dataset(cfg.values, cache_dir=path.parent / ".cache")
+        split = data.evaluation or data.train
+        x = split.x[0]
+    written += feature_maps_png(network, x, out)
+    history = [EpochMetrics(**{k: v for k, v in r.items() if k in EpochMetrics.__dataclass_fields__})
+               for r in read_metrics(path)]
+    if history:
+        write_curves(out, history)
+        written.append(out / "curves.png")
+    for p in written:
+        console.print(f"wrote {p}", highlight=False)
+
+
+@app.command()
+@user_errors
+def plot(
+    kind: str = typer.Argument(..., help="activation or loss."),
+    names: List[str] = typer.Argument(None, help="Names (default: all of Table 2 or Table 1)."),
+    out: Path = typer.Option(Path("plots"), "--out", help="Output folder."),
+) -> None:
+    """PNG of the paper's activations (Table 2) or losses (Table 1) with their derivatives."""
+    from cnncli.nn.activations import ACTIVATIONS
+    from cnncli.nn.losses import LOSSES
+    from cnncli.visualize import function_plot_png
+
+    registry = {"activation": ACTIVATIONS, "loss": LOSSES}.get(kind)
+    if registry is None:
+        raise CnnCliError(f"plot: expected activation or loss; got {kind!r}")
+    names = names or registry.names()
+    for name in names:
+        registry.get(name, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    path = function_plot_png(kind, names, out / f"{kind}_{'_'.join(names) if len(names) <= 3 else 'all'}.png")
+    console.print(f"wrote {path}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,145 @@
+"""Pictures of what a network computes and learned: PNG files (matplotlib, Agg).
+
+* ``kernels_png``: the first conv layer's kernels as colour patches (each kernel scaled
+  to [0, 1] on its own; one input channel gives grey, more than three the channel mean);
+* ``feature_maps_png``: each conv layer's output channels for one image;
+* ``function_plot_png``: activations or losses of the paper's Tables 1 and 2 with their
+  derivatives.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.runs import atomic_write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, dpi: int = 100) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def kernels_png(network, path: Path) -> Path:
+    """Grid of the first conv layer's kernels, (kh, kw, C) each, as colour patches."""
+    from cnncli.nn.layers import Conv2D
+
+    conv = next((l for l in network.layers if isinstance(l, Conv2D)), None)
+    if conv is None:
+        raise ValueError("the network has no conv2d layer")
+    kernel = conv.params["kernel"].astype(np.float64)  # (kh, kw, C, F)
+    kh, kw, c, f = kernel.shape
+    cols = math.ceil(math.sqrt(f))
+    rows = math.ceil(f / cols)
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4), squeeze=False)
+    for k in range(rows * cols):
+        ax = axes[k // cols][k % cols]
+        ax.axis("off")
+        if k >= f:
+            continue
+        patch = kernel[:, :, :, k]  # (kh, kw, C)
+        if c not in (1, 3):
+            patch = patch.mean(axis=2, keepdims=True)
+        lo, hi = patch.min(), patch.max()
+        patch = (patch - lo) / (hi - lo) if hi > lo else np.zeros_like(patch)
+        ax.imshow(patch[:, :, 0] if patch.shape[2] == 1 else patch, cmap="gray" if patch.shape[2] == 1 else None,
+                  interpolation="nearest")
+    fig.suptitle(f"first conv layer: {f} kernels {kh}x{kw}x{c}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def feature_maps_png(network, image: np.ndarray, out_dir: Path, max_channels: int = 32) -> list[Path]:
+    """One PNG per conv layer: its (activated) output channels for ``image`` (H, W, C)."""
+    from cnncli.nn.layers import Conv2D
+
+    plt = _pyplot()
+    paths = []
+    a = image[None].astype(network.dtype)  # (1, H, W, C)
+    for i, layer in enumerate(network.layers):
+        a = layer.forward(a, training=False)
+        if not isinstance(layer, Conv2D):
+            continue
+        maps = a[0]  # (H', W', F)
+        f = min(maps.shape[2], max_channels)
+        cols = math.ceil(math.sqrt(f))
+        rows = math.ceil(f / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1 + 0.4), squeeze=False)
+        for k in range(rows * cols):
+            ax = axes[k // cols][k % cols]
+            ax.axis("off")
+            if k < f:
+                ax.imshow(maps[:, :, k], cmap="viridis", interpolation="nearest")
+        fig.suptitle(f"layers[{i}] conv2d: {f} of {maps.shape[2]} feature maps, {maps.shape[0]}x{maps.shape[1]}",
+                     fontsize=9)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"feature_maps_layer{i}.png"))
+    return paths
+
+
+def function_plot_png(kind: str, names: list[str], path: Path) -> Path:
+    """Activations (g and g') or losses (E and dE/dyhat against yhat, for y = 1 and 0 or y = 0)."""
+    plt = _pyplot()
+    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
+    if kind == "activation":
+        from cnncli.nn.activations import make_activation
+
+        z = np.linspace(-5, 5, 501)
+        for name in names:
+            act = make_activation(name)
+            if name == "softmax":  # along a row: the first of two logits (z, 0)
+                zz = np.stack([z, np.zeros_like(z)], axis=1)
+                a = act.forward(zz)[:, 0]
+                d = a * (1 - a)
+                label = "softmax(z, 0)[0]"
+            else:
+                a = act.forward(z)
+                d = act.backward(a, np.ones_like(a))
+                label = name
+            ax_f.plot(z, a, label=label)
+            ax_d.plot(z, d, label=label)
+        ax_f.set(title="g(z)", xlabel="z")
+        ax_d.set(title="g'(z)", xlabel="z")
+    else:
+        from cnncli.nn.losses import make_loss
+
+        p = np.linspace(0.01, 0.99, 197)
+        for name in names:
+            loss = make_loss({"name": name, "reduction": "sum"})
+            for target in (1.0, 0.0):
+                if loss.fused_activation == "softmax":
+                    pred = np.stack([p, 1 - p], axis=1)
+                    y = np.tile([target, 1 - target], (len(p), 1))
+                    values = [loss(pred[i:i + 1], y[i:i + 1]) for i in range(len(p))]
+                    grads = [loss.value_and_grad(pred[i:i + 1], y[i:i + 1])[1][0, 0] for i in range(len(p))]
+                else:
+                    values = [loss(np.array([[v]]), np.array([[target]])) for v in p]
+                    grads = [loss.value_and_grad(np.array([[v]]), np.array([[target]]))[1][0, 0] for v in p]
+                ax_f.plot(p, values, label=f"{name}, y={target:g}")
+                ax_d.plot(p, grads, label=f"{name}, y={target:g}")
+        ax_f.set(title="E(yhat) for one example", xlabel="yhat")
+        ax_d.set(title="dE/dyhat", xlabel="yhat")
+        ax_d.set_ylim(-20, 20)
+    for ax in (ax_f, ax_d):
+        ax.grid(alpha=0.3)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
