@@ -26,8 +26,8 @@ the loss takes the pre-activation ``z``, computes ``ln sigmoid`` / ``log-sum-exp
 stably, and gives ``dE/dz = yhat - y`` (ERRATA 5: the paper's Eq. 46 has the wrong
 sign; for soft targets ``dE/dz = yhat * sum_j y_j - y``). A saturated output (yhat = 0
 or 1 in floating point) then has a finite loss and gradient. Given probabilities
-instead, cross-entropies clip ``yhat`` to ``[eps, 1 - eps]`` with ``eps`` the dtype's
-machine epsilon, and the gradient is the formula above at the clipped value (large but
+instead, binary cross-entropy clips ``yhat`` to ``[eps, 1 - eps]`` and the categorical
+ones to ``[eps, 1]``, with ``eps`` the dtype's machine epsilon, and the gradient is the formula above at the clipped value (large but
 finite, so a saturated unit still gets a learning signal).
 
 **Targets.** Binary cross-entropy takes 0/1 (or soft) targets of shape (n,) or the

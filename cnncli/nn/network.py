@@ -116,7 +116,7 @@ class Network:
                 dy = layer.backward(dy, logits=True)
             else:
                 dy = layer.backward(dy)
-        return dy
+        return dy if input_grad else None
 
     def uses_logits(self, loss: Loss) -> bool:
         """Whether ``loss`` is computed from the last layer's pre-activation."""
