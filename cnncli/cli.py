@@ -325,7 +325,9 @@ def sweep(
     grid: List[str] = typer.Option([], "--grid", "-g", metavar="KEY=V1,V2",
                                    help="Values for one key (YAML, comma-separated). Repeatable: a cartesian grid."),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override for every trial."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run in parallel (worker processes)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1,
+                                       help="Trials run in parallel (worker processes; default: the sweep "
+                                            "file's jobs, or 1)."),
     name: Optional[str] = typer.Option(None, "--name", help="Sweep name (default: the file's stem)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Ranking metric: val_accuracy, val_loss, accuracy, loss."),
     mode: Optional[str] = typer.Option(None, "--mode", help="max or min (default: by the metric)."),
@@ -342,6 +344,8 @@ def sweep(
 
     if executor not in ("local", "dask"):
         raise CnnCliError(f"--executor: expected local or dask; got {executor!r}")
+    if executor == "dask" and not address:
+        raise CnnCliError("--executor dask needs --address tcp://HOST:PORT of a running Dask scheduler")
     if resume is not None:
         if target is not None or grid or set_:
             raise CnnCliError("sweep --resume continues a sweep as it was defined: no target, --grid or --set")
@@ -352,6 +356,7 @@ def sweep(
         spec = sweeps.make_spec(str(target), grid_options=grid, overrides=set_, name=name, metric=metric, mode=mode)
         sweeps.trial_configs(spec)  # every trial validated before the folder exists
         sw = sweeps.Sweep.create(spec, runs_dir)
+    jobs = jobs or sw.spec.jobs or 1
     total = len(sw.spec.trials)
     done = total - len(sw.pending())
     console.print(f"sweep {sw.folder}: {total} trials ({done} already completed), "

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import yaml
 
 from cnncli import runs
-from cnncli.config import apply_override, check_keys, load_config, read_yaml, sanitize_name
+from cnncli.config import _load, apply_override, check_keys, load_config, read_yaml, sanitize_name
 from cnncli.errors import CnnCliError, ConfigError
 
 SWEEP_KEYS = ("base", "name", "overrides", "grid", "random", "metric", "mode", "jobs", "seed")
@@ -56,12 +56,17 @@ class SweepSpec:
     metric: str = "val_accuracy"
     mode: str = "max"
     seed: int = 0
+    jobs: int | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
+    #: The base config as read when the sweep was made: resume reruns trials from it, so an
+    #: edited or deleted base file cannot make rerun trials differ from completed ones.
+    base_config: dict | None = None
 
     def as_dict(self) -> dict:
         return {"base": self.base, "name": self.name, "overrides": self.overrides, "grid": self.grid,
                 "random": self.random, "metric": self.metric, "mode": self.mode, "seed": self.seed,
-                "trials": [{"index": i, "overrides": t} for i, t in enumerate(self.trials)]}
+                "jobs": self.jobs, "trials": [{"index": i, "overrides": t} for i, t in enumerate(self.trials)],
+                "base_config": self.base_config}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -71,7 +76,7 @@ def parse_grid_option(item: str) -> tuple[str, list]:
         raise ConfigError("--grid", "KEY=V1,V2,..., for example optimizer.lr=0.1,0.01", item)
     key, text = item.split("=", 1)
     try:
-        values = yaml.safe_load(f"[{text}]")
+        values = _load(f"[{text}]")  # YAML, with 1e-3 read as a float like --set does
     except yaml.YAMLError:
         raise ConfigError("--grid", "comma-separated YAML values", text) from None
     if not values:
@@ -85,6 +90,7 @@ def make_spec(target: str, *, grid_options=(), overrides=(), name=None, metric=N
 
     A sweep file is YAML with ``base`` (a config path, relative to the sweep file) and
     ``grid:``/``random:`` sections; a file with a ``model`` section is a plain config.
+    The base path is kept absolute, so that ``--resume`` works from any directory.
     """
     raw = read_yaml(target)
     if not isinstance(raw, dict):
@@ -94,24 +100,31 @@ def make_spec(target: str, *, grid_options=(), overrides=(), name=None, metric=N
             check_keys(raw, SWEEP_KEYS, "")
         except ConfigError as err:
             raise err.in_file(target) from None
-        base = str((Path(target).parent / str(raw["base"])))
+        base = str((Path(target).parent / str(raw["base"])).absolute())
         spec_grid = raw.get("grid") or {}
         spec_random = raw.get("random") or {}
         sweep_name = raw.get("name", Path(target).stem)
         fixed = list(raw.get("overrides") or [])
         file_metric, file_mode, file_seed = raw.get("metric"), raw.get("mode"), raw.get("seed")
+        file_jobs = raw.get("jobs")
+        if file_jobs is not None and (not isinstance(file_jobs, int) or isinstance(file_jobs, bool) or file_jobs < 1):
+            raise ConfigError("jobs", "a positive int", file_jobs, source=target)
         source = target
     else:
-        base, spec_grid, spec_random, sweep_name, fixed = target, {}, {}, Path(target).stem, []
-        file_metric = file_mode = file_seed = None
+        base, spec_grid, spec_random, sweep_name, fixed = str(Path(target).absolute()), {}, {}, Path(target).stem, []
+        file_metric = file_mode = file_seed = file_jobs = None
         source = "--grid"
     for item in grid_options:
         key, values = parse_grid_option(item)
         spec_grid[key] = values
     spec = SweepSpec(base=base, name=sanitize_name(name or sweep_name), overrides=fixed + list(overrides),
                      grid=spec_grid, random=spec_random, metric=metric or file_metric or "val_accuracy",
-                     mode=mode or file_mode or "", seed=seed if seed is not None else (file_seed or 0))
+                     mode=mode or file_mode or "", seed=seed if seed is not None else (file_seed or 0),
+                     jobs=file_jobs)
     _check_spec(spec, source)
+    spec.base_config = read_yaml(base)
+    if not isinstance(spec.base_config, dict):
+        raise ConfigError("", "", None, raw=f"{base}: expected a config mapping")
     spec.trials = expand(spec)
     return spec
 
@@ -137,7 +150,10 @@ def _check_spec(spec: SweepSpec, source: str) -> None:
             if not choice:
                 raise bad(f"random.{key}", "a non-empty list or {low, high, log}", choice)
         elif isinstance(choice, dict):
-            check_keys(choice, ("low", "high", "log", "int"), f"random.{key}")
+            try:
+                check_keys(choice, ("low", "high", "log", "int"), f"random.{key}")
+            except ConfigError as err:
+                raise err.in_file(source if source != "--grid" else None) from None
             low, high = choice.get("low"), choice.get("high")
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
                 raise bad(f"random.{key}", "{low: number, high: number} with low <= high", choice)
@@ -197,7 +213,7 @@ def override_strings(trial: dict[str, Any]) -> list[str]:
 def trial_configs(spec: SweepSpec) -> list[dict]:
     """Validate every trial's config up front; an error names the trial and the key."""
     configs = []
-    base_raw = read_yaml(spec.base)
+    base_raw = spec.base_config if spec.base_config is not None else read_yaml(spec.base)
     if not isinstance(base_raw, dict):
         raise ConfigError("", "", None, raw=f"{spec.base}: expected a config mapping")
     for i, trial in enumerate(spec.trials):
@@ -459,6 +475,7 @@ def threads_per_worker(jobs: int) -> int:
 def _run_local_pool(sweep: Sweep, configs, pending, jobs: int, notify) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = threads_per_worker(jobs)
     saved = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -466,25 +483,36 @@ def _run_local_pool(sweep: Sweep, configs, pending, jobs: int, notify) -> None:
         os.environ[v] = str(threads)
     try:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {}
-            queue = list(pending)
-            while queue or futures:
-                while queue and len(futures) < jobs:
-                    i = queue.pop(0)
-                    sweep.records[i] = {"index": i, "status": "running"}
-                    sweep.save()
-                    futures[pool.submit(run_trial, i, configs[i], str(sweep.folder), threads)] = i
-                    notify("started", i, None)
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    i = futures.pop(fut)
-                    try:
-                        record = fut.result()
-                    except Exception as err:  # the worker itself died
-                        record = {"index": i, "status": "failed", "reason": f"worker failed: {err}",
-                                  "metrics": {}}
-                    _finish(sweep, i, record, notify)
+        queue = list(pending)
+        while queue:  # a worker that dies (killed, out of memory) breaks its pool: go on in a new one
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = {}
+                broken = False
+                while (queue and not broken) or futures:
+                    while queue and not broken and len(futures) < jobs:
+                        i = queue[0]
+                        try:
+                            fut = pool.submit(run_trial, i, configs[i], str(sweep.folder), threads)
+                        except BrokenProcessPool:
+                            broken = True
+                            break
+                        queue.pop(0)
+                        sweep.records[i] = {"index": i, "status": "running"}
+                        sweep.save()
+                        futures[fut] = i
+                        notify("started", i, None)
+                    if not futures:
+                        break
+                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        i = futures.pop(fut)
+                        try:
+                            record = fut.result()
+                        except Exception as err:  # the worker itself died
+                            broken = broken or isinstance(err, BrokenProcessPool)
+                            record = {"index": i, "status": "failed", "reason": f"worker failed: {err}",
+                                      "metrics": {}}
+                        _finish(sweep, i, record, notify)
     finally:
         for v, old in saved.items():
             if old is None:
