@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -57,7 +58,9 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except CnnCliError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            # The message is text, not markup: "[int, int]" must print as it is.
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, markup=True,
+                              soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper

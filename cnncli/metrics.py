@@ -25,7 +25,15 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """``m[i, j]`` = number of examples of true class i predicted as j."""
+    """``m[i, j]`` = number of examples of true class i predicted as j.
+
+    The matrix grows past ``num_classes`` when a prediction (or label) lies beyond it: a
+    network may have more outputs than the data has classes.
+    """
+    labels, predicted = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    for a in (labels, predicted):
+        if a.size:
+            num_classes = max(num_classes, int(a.max()) + 1)
     m = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(m, (labels, predicted), 1)
     return m

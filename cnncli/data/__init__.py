@@ -13,6 +13,10 @@ Normalization (``data.normalize``):
   subtracted and is divided by its standard deviation.
 * ``none``: the values as stored.
 
+Validation during training uses the stratified split of the training data
+(``train.validation_split``); with ``validation_split: 0`` and a test set (``test_path``,
+or the t10k files of an idx folder) the test set is used instead.
+
 The statistics are part of the Dataset (``normalization``) and are saved in the run,
 so that ``eval`` and ``predict`` apply exactly the same transform.
 """
@@ -57,12 +61,14 @@ def seeded_rng(seed: int, purpose: int) -> np.random.Generator:
 
 
 def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, held-out indices), holding out round(fraction * n_c) of each class c."""
+    """(train indices, held-out indices), holding out round(fraction * n_c) of each class c
+    (at most n_c - 1)."""
     train_idx, held_idx = [], []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         rng.shuffle(members)
-        n_held = int(round(fraction * len(members)))
+        # Every class keeps at least one training example (and gives up at most all but one).
+        n_held = min(int(round(fraction * len(members))), len(members) - 1)
         held_idx.append(members[:n_held])
         train_idx.append(members[n_held:])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(held_idx))
@@ -217,6 +223,8 @@ def load_dataset(values: dict, cache_dir: str | Path | None = None, outputs: int
     if split > 0:
         val = Split(apply_normalization(x_val, norm, dtype), y_val)
     test = Split(apply_normalization(x_test, norm, dtype), y_test) if x_test is not None else None
+    if val is None and test is not None:
+        val = test  # validation_split 0 with a test set: validate on the test set each epoch
     info.update(train=len(train), validation=len(val) if val else 0, test=len(test) if test else 0,
                 classes=names)
     return Dataset(train, val, test, names, norm, info)

@@ -56,10 +56,15 @@ def list_classes(root: Path) -> list[tuple[str, list[Path]]]:
 
 
 def load_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
-    """One image file -> uint8 (H, W, C); raises OSError/ValueError when it cannot be decoded."""
+    """One image file -> uint8 (H, W, C); raises (OSError, ValueError, Image.DecompressionBombError, ...)
+    when it cannot be decoded."""
     from PIL import Image
 
     with Image.open(path) as img:
+        if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+            # 16-bit greyscale (PNG): Pillow's convert clips to 255; scale to 8 bits instead.
+            wide = np.asarray(img, dtype=np.float64)  # (H, W) values 0..65535
+            img = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L")
         img = img.convert("RGB" if channels == 3 else "L")
         if img.size != (width, height):
             img = img.resize((width, height), Image.Resampling.BILINEAR)
@@ -102,7 +107,7 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_i
         for f in files:
             try:
                 images.append(load_image(f, height, width, channels))
-            except (OSError, ValueError, SyntaxError) as err:
+            except Exception as err:  # any failure to decode a file (Pillow raises many kinds)
                 if on_bad_image == "error":
                     raise DataError(f"{f}: not a readable image ({err}); "
                                     "set data.on_bad_image: skip to leave such files out") from None

@@ -5,7 +5,6 @@ Loaded with ``allow_pickle=False``: a file holding Python objects is refused, ne
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,22 @@ from cnncli.errors import DataError
 def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in (x_key, y_key) if k not in archive.files]
-            if missing:
-                raise DataError(f"{path}: no array {missing[0]!r}; it holds {', '.join(archive.files) or 'nothing'}")
-            x, y = archive[x_key], archive[y_key]
+        # Our own handle: numpy leaves its own open when the zip cannot be read.
+        with open(path, "rb") as fh:
+            archive = np.load(fh, allow_pickle=False)
+            if not hasattr(archive, "files"):
+                raise DataError(f"{path}: holds a single array (.npy), not an npz archive; save {x_key!r} and "
+                                f"{y_key!r} with numpy.savez")
+            with archive:
+                missing = [k for k in (x_key, y_key) if k not in archive.files]
+                if missing:
+                    raise DataError(f"{path}: no array {missing[0]!r}; it holds "
+                                    f"{', '.join(archive.files) or 'nothing'}")
+                x, y = archive[x_key], archive[y_key]
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 a damaged zip, deflate stream or .npy header raises many kinds
+        # (BadZipFile, zlib.error, NotImplementedError, tokenize.TokenError, ...); pickles are refused here too
         raise DataError(f"{path}: cannot be read as an npz file ({type(err).__name__}: {err})") from None
     if x.dtype.kind not in "uif":
         raise DataError(f"{path}: {x_key} has dtype {x.dtype}; expected numbers")

@@ -45,7 +45,7 @@ def number(name: str, value: object, *, low: float | None = None, high: float | 
     if high is not None:
         parts.append(f"{'<' if high_open else '<='} {high:g}")
     expected = "a number" + (" " + " and ".join(parts) if parts else "")
-    if not is_number(value) or value != value:  # NaN is never in range
+    if not is_number(value) or value != value or value in (float("inf"), float("-inf")):  # finite only
         raise ConfigError(name, expected, value)
     v = float(value)
     if low is not None and (v < low or (low_open and v == low)):
