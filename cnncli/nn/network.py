@@ -73,7 +73,23 @@ class Network:
             except ShapeError as err:
                 raise ShapeError(i, err.message) from None
         self.output_shape = tuple(shape)
+        self._fuse_pooling()
         return self
+
+    def _fuse_pooling(self) -> None:
+        """Let max pooling apply the monotonic activation of the layer before it.
+
+        ``maxpool(g(z)) = g(maxpool(z))`` for non-decreasing ``g``, so the activation and
+        its derivative run on the pooled values only. The network computes the same
+        function; only the order of two operations changes.
+        """
+        from cnncli.nn.layers import MaxPool2D
+
+        for before, pool in zip(self.layers, self.layers[1:]):
+            if (isinstance(before, ActivatedLayer) and isinstance(pool, MaxPool2D)
+                    and not isinstance(before.activation, Linear) and before.activation.monotonic):
+                before.activation_deferred = True
+                pool.post_activation = before.activation
 
     @property
     def output_activation(self) -> str | None:
@@ -116,7 +132,8 @@ class Network:
                 dy = layer.backward(dy, logits=True)
             else:
                 dy = layer.backward(dy)
-        return dy if input_grad else None
+        # The first layer's input gradient may live in its reusable workspace: hand out a copy.
+        return dy.copy() if input_grad else None
 
     def uses_logits(self, loss: Loss) -> bool:
         """Whether ``loss`` is computed from the last layer's pre-activation."""

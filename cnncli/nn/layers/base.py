@@ -36,6 +36,20 @@ class Layer:
         self.dtype = np.dtype(np.float32)
         #: The network clears this on its first layer: nothing needs dL/d(input) there.
         self.needs_input_grad = True
+        self._workspace: dict[str, np.ndarray] = {}
+
+    def workspace(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A scratch array kept between steps (uninitialized contents).
+
+        Large per-step temporaries (im2col matrices, their gradients, padded inputs) are
+        reused rather than allocated anew: fresh pages for tens of megabytes cost
+        milliseconds every step. A workspace never leaves the layer that owns it except
+        as the input gradient, which the layer before consumes at once.
+        """
+        buf = self._workspace.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._workspace[name] = np.empty(shape, dtype=dtype)
+        return buf
 
     # -- construction -------------------------------------------------------------
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator, dtype) -> tuple[int, ...]:
@@ -92,17 +106,20 @@ class ActivatedLayer(Layer):
         super().__init__()
         self.activation: Activation = make_activation(activation)
         self._out: np.ndarray | None = None
+        #: Set by the network when a max-pool layer follows and applies this layer's
+        #: (monotonic) activation after pooling: see ``Network.build``.
+        self.activation_deferred = False
 
     def forward(self, x, training=False, *, logits=False):
         z = self.forward_linear(x, training)
-        if logits or isinstance(self.activation, Linear):
+        if logits or self.activation_deferred or isinstance(self.activation, Linear):
             self._out = None
             return z
         self._out = self.activation.forward(z)
         return self._out
 
     def backward(self, dy, *, logits=False):
-        if logits or isinstance(self.activation, Linear):
+        if logits or self.activation_deferred or isinstance(self.activation, Linear):
             dz = dy
         else:
             dz = self.activation.backward(self._out, dy)

@@ -107,20 +107,31 @@ def windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
                       strides=(sn, s_h * sh, s_w * sw, d_h * sh, d_w * sw, sc), writeable=False)
 
 
-def im2col(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
-    """Padded input (N, Hp, Wp, C) -> cols (N*H'*W', kh*kw*C), patch order (kh, kw, C)."""
+def im2col(xp: np.ndarray, kernel, stride, dilation, out_hw, out: np.ndarray | None = None) -> np.ndarray:
+    """Padded input (N, Hp, Wp, C) -> cols (N*H'*W', kh*kw*C), patch order (kh, kw, C).
+
+    Each copied run is a contiguous C-vector. ``out`` (that shape and dtype) is filled
+    instead of allocating.
+    """
     win = windows(xp, kernel, stride, dilation, out_hw)  # (N, H', W', kh, kw, C)
     n, ho, wo, kh, kw, c = win.shape
-    return win.reshape(n * ho * wo, kh * kw * c)  # copy: (N*H'*W', kh*kw*C)
+    if out is None:
+        return win.reshape(n * ho * wo, kh * kw * c)  # copy: (N*H'*W', kh*kw*C)
+    np.copyto(out.reshape(win.shape), win)  # (N*H'*W', kh*kw*C) viewed as (N, H', W', kh, kw, C)
+    return out
 
 
 def col2im(dcols: np.ndarray, padded_shape: tuple[int, int, int, int], kernel, stride, dilation,
-           out_hw) -> np.ndarray:
+           out_hw, out: np.ndarray | None = None) -> np.ndarray:
     """Adjoint of :func:`im2col`: sum each window's gradient back into (N, Hp, Wp, C)."""
     n, hp, wp, c = padded_shape
     (kh, kw), (s_h, s_w), (d_h, d_w), (ho, wo) = kernel, stride, dilation, out_hw
     dcols6 = dcols.reshape(n, ho, wo, kh, kw, c)  # (N, H', W', kh, kw, C)
-    dxp = np.zeros(padded_shape, dtype=dcols.dtype)
+    if out is None:
+        dxp = np.zeros(padded_shape, dtype=dcols.dtype)
+    else:
+        dxp = out
+        dxp.fill(0)
     for p in range(kh):
         rows = slice(p * d_h, p * d_h + s_h * (ho - 1) + 1, s_h)
         for q in range(kw):
@@ -203,7 +214,8 @@ class Conv2D(ActivatedLayer):
         ho, wo = self.out_hw
         xp = pad_input(x, self.pads)  # (N, Hp, Wp, C)
         self._padded_shape = xp.shape
-        self._cols = im2col(xp, self.kernel_size, self.stride, self.dilation, self.out_hw)
+        cols = self.workspace("cols", (n * ho * wo, kh * kw * xp.shape[3]), x.dtype)
+        self._cols = im2col(xp, self.kernel_size, self.stride, self.dilation, self.out_hw, out=cols)
         w2d = self.params["kernel"].reshape(-1, self.filters)  # (kh*kw*C, F)
         z = self._cols @ w2d  # (N*H'*W', F)
         if self.use_bias:
@@ -218,6 +230,8 @@ class Conv2D(ActivatedLayer):
             self.grads["bias"] = dz2d.sum(axis=0)
         if not self.needs_input_grad:
             return None
-        dcols = dz2d @ kernel.reshape(-1, self.filters).T  # (N*H'*W', kh*kw*C)
-        dxp = col2im(dcols, self._padded_shape, self.kernel_size, self.stride, self.dilation, self.out_hw)
+        dcols = np.matmul(dz2d, kernel.reshape(-1, self.filters).T,
+                          out=self.workspace("dcols", self._cols.shape, dz2d.dtype))  # (N*H'*W', kh*kw*C)
+        dxp = col2im(dcols, self._padded_shape, self.kernel_size, self.stride, self.dilation, self.out_hw,
+                     out=self.workspace("dxp", self._padded_shape, dz2d.dtype))
         return crop(dxp, self.pads)

@@ -82,31 +82,61 @@ class _Pool2D(Layer):
 
 @LAYERS.register("max_pool2d")
 class MaxPool2D(_Pool2D):
-    """Max pooling; the gradient goes to the first maximum in row-major window order."""
+    """Max pooling; the gradient goes to the first maximum in row-major window order.
+
+    The forward pass records, for every output, which window offset won (a uint8
+    index; a later offset wins only when strictly greater, hence the tie rule), so the
+    backward pass is one masked copy per offset.
+
+    When the layer before has a monotonic activation ``g`` (tanh, sigmoid, relu, ...),
+    the network lets this layer apply it after pooling: ``max g(z) = g(max z)`` for a
+    non-decreasing ``g``, so ``g`` and its derivative run on a quarter of the values
+    (for 2x2 pooling). ``post_activation`` is that activation, or None.
+    """
 
     type_name = "max_pool2d"
 
+    def __init__(self, *, pool_size=2, stride=None, padding="valid"):
+        super().__init__(pool_size=pool_size, stride=stride, padding=padding)
+        self.post_activation = None
+
     def forward(self, x, training=False):
         xp = pad_input(x, self.pads, -np.inf)  # (N, Hp, Wp, C)
-        out = None
-        for _, _, rows, cols in self._offsets():
+        out = winner = None
+        for k, (_, _, rows, cols) in enumerate(self._offsets()):
             view = xp[:, rows, cols, :]  # (N, H', W', C)
             if out is None:
                 out = view.copy()
+                winner = np.zeros(out.shape, dtype=np.uint8)
             else:
-                np.maximum(out, view, out=out)
-        self._xp, self._out = xp, out
+                better = view > out
+                # winner = k where better: uint8 arithmetic (mod 256) beats masked assignment
+                step = np.subtract(np.uint8(k), winner, dtype=np.uint8)
+                step *= better
+                winner += step
+                np.maximum(out, view, out=out)  # like copyto(where=better), but NaN propagates
+        self._padded_shape, self._winner = xp.shape, winner
+        if self.post_activation is not None:
+            out = self.post_activation.forward(out)
+            self._out = out
         return out
 
     def backward(self, dy):
-        xp, out = self._xp, self._out
-        dxp = np.zeros(xp.shape, dtype=dy.dtype)
-        taken = np.zeros(out.shape, dtype=bool)  # window whose max already got its gradient
-        for _, _, rows, cols in self._offsets():
-            winner = xp[:, rows, cols, :] == out
-            winner &= ~taken
-            taken |= winner
-            dxp[:, rows, cols, :] += np.where(winner, dy, 0)
+        if self.post_activation is not None:
+            dy = self.post_activation.backward(self._out, dy)  # dL/d(max z)
+        overlapping = self.stride[0] < self.pool_size[0] or self.stride[1] < self.pool_size[1]
+        dxp = self.workspace("dxp", self._padded_shape, dy.dtype)
+        (ho, wo), (sh, sw) = self.out_hw, self.stride
+        tiled = (not overlapping and self.stride == self.pool_size
+                 and ho * sh == self._padded_shape[1] and wo * sw == self._padded_shape[2])
+        if not tiled:
+            dxp.fill(0)  # some cells belong to no window, or to several
+        for k, (_, _, rows, cols) in enumerate(self._offsets()):
+            won = self._winner == k
+            if overlapping:
+                dxp[:, rows, cols, :] += dy * won
+            else:  # each cell is in one window at most: write it directly
+                np.multiply(dy, won, out=dxp[:, rows, cols, :])
         return crop(dxp, self.pads)
 
 
