@@ -574,7 +574,7 @@ def gradcheck(
         x = rng.random((batch, *network.input_shape))
         classes = max(int(np.prod(network.output_shape)), 2)
         labels = rng.integers(0, classes, batch)
-    rows = check_network(network, loss, x, targets_for(network, labels), max_entries=entries, seed=seed)
+    rows = check_network(network, loss, x, targets_for(network, labels, loss), max_entries=entries, seed=seed)
     table = Table(title=f"gradient check of {config}: float64, {source}, central differences (h = 1e-6)",
                   title_justify="left")
     for col, justify in (("#", "right"), ("layer", "left"), ("checked", "left"), ("entries", "right"),

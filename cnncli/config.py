@@ -79,7 +79,7 @@ class Config:
         return self.values.get(key, default)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.values, sort_keys=False, default_flow_style=None)
+        return yaml.dump(self.values, Dumper=_Dumper, sort_keys=False, default_flow_style=None)
 
     def error(self, path: str, expected: str, got: object = None, *, raw: str | None = None) -> ConfigError:
         """A ConfigError about ``path`` in this config's file."""
@@ -106,6 +106,15 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+class _Dumper(yaml.SafeDumper):
+    """``yaml.safe_dump`` that quotes strings such as ``'1e3'`` which ``_Loader`` reads as floats."""
+
+
+_Dumper.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"))
 
@@ -211,7 +220,7 @@ def parse_key_path(key: str) -> list[str | int]:
     """``model.layers[2].filters`` (or ``model.layers.2.filters``) -> ['model', 'layers', 2, 'filters']."""
     parts: list[str | int] = []
     for segment in key.split("."):
-        if segment.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", segment):
             parts.append(int(segment))
             continue
         pos = 0
@@ -325,7 +334,7 @@ def resolve_model(raw: dict) -> dict:
     check_keys(raw, ("input_shape", "layers"), "model")
     shape = raw.get("input_shape")
     if (not isinstance(shape, list) or len(shape) not in (1, 3)
-            or not all(_is_int(d) and d > 0 for d in shape)):
+            or not all(_is_int(d) and 0 < d < 2**31 for d in shape)):
         raise ConfigError("model.input_shape", "[height, width, channels] of positive ints", shape)
     layers = raw.get("layers")
     if not isinstance(layers, list) or not layers:
@@ -438,7 +447,7 @@ def _checkpoint_every(value: object) -> int | str:
         return value
     if isinstance(value, str):
         parts = value.split()
-        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) >= 1:
+        if len(parts) == 2 and re.fullmatch(r"[0-9]+", parts[0]) and 1 <= int(parts[0]) < 2**31:
             unit = parts[1].lower()
             if unit in ("epoch", "epochs"):
                 return int(parts[0])

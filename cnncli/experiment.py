@@ -208,18 +208,38 @@ def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_read
     except CheckpointError as err:
         raise CheckpointError(f"{last}: {err}") from None
     shuffle_rng = seeded_rng(config["seed"], SHUFFLE_STREAM)
-    shuffle_rng.bit_generator.state = meta["shuffle_rng"]
-    for i, state in meta.get("layer_rngs", {}).items():
-        network.layers[int(i)].rng.bit_generator.state = state
-    train_state = TrainState.from_dict(meta["train_state"])
-    runs.write_status(run_dir, "running", epoch=train_state.epoch, step=optimizer.t, resumed_from=meta["step"])
+    try:
+        shuffle_rng.bit_generator.state = meta["shuffle_rng"]
+        for i, state in meta.get("layer_rngs", {}).items():
+            network.layers[int(i)].rng.bit_generator.state = state
+        train_state = TrainState.from_dict(meta["train_state"])
+        resumed_from = meta["step"]
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{last}: its meta data does not hold a training state to resume from "
+                              f"({type(err).__name__}: {err})") from None
+    # best.npz is checked now, not when (or if) the best weights are restored at the end.
+    writer_best = run_dir / "checkpoints" / "best.npz"
+    best_state = runs.load_checkpoint(writer_best)[0] if writer_best.is_file() else None
+    if best_state is not None:
+        _check_fits(writer_best, best_state, network)
+    runs.write_status(run_dir, "running", epoch=train_state.epoch, step=optimizer.t, resumed_from=resumed_from)
     if on_ready is not None:
         on_ready(run_dir, config, network, data)
     run = Run(run_dir, config)
-    writer_best = run_dir / "checkpoints" / "best.npz"
-    best_state = runs.load_checkpoint(writer_best)[0] if writer_best.is_file() else None
     return _run_fit(run, network, loss, optimizer, data, shuffle_rng, train_state, callbacks, handle_signals,
                     best_state=best_state)
+
+
+def _check_fits(path: Path, state: dict, network) -> None:
+    """Refuse (naming ``path``) a saved network state whose keys or shapes are not the network's."""
+    own = network.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{path}: does not fit the network: missing {missing}, unexpected {extra}")
+    for key, value in own.items():
+        if state[key].shape != value.shape:
+            raise CheckpointError(f"{path}: {key}: shape {state[key].shape} does not fit the network's "
+                                  f"{value.shape}")
 
 
 def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, state: TrainState,
@@ -254,21 +274,31 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
                           checkpoint=writer.last_saved,
                           reason="interrupted; the checkpoint holds every finished step")
         return run
-    es = values["train"]["early_stopping"]
-    if es and es["restore_best"] and writer.best_state is not None:
-        network.load_state_dict(writer.best_state)
-    evaluation = data.evaluation
-    if evaluation is not None:
-        run.evaluation = evaluation_report(network, loss, evaluation, data.class_names, values["eval"]["batch_size"])
-        run.evaluation.update(checkpoint="best" if (es and es["restore_best"]) else "final weights",
-                              data="test" if data.test is not None else "validation")
-        runs.write_json(run_dir / "eval.json", run.evaluation)
-    write_curves(run_dir, result.history)
-    best = result.best
-    last_epoch = result.history[-1].epoch if result.history else 0
-    runs.write_status(run_dir, "completed", epoch=last_epoch, step=optimizer.t,
-                      stopped_early=result.stopped_early, best_epoch=result.best_epoch, monitor=result.monitor,
-                      best=best.as_dict() if best else None)
+    try:  # the end of a run (best weights, evaluation, curves) can fail or be interrupted too
+        es = values["train"]["early_stopping"]
+        if es and es["restore_best"] and writer.best_state is not None:
+            network.load_state_dict(writer.best_state)
+        evaluation = data.evaluation
+        if evaluation is not None:
+            run.evaluation = evaluation_report(network, loss, evaluation, data.class_names,
+                                               values["eval"]["batch_size"])
+            run.evaluation.update(checkpoint="best" if (es and es["restore_best"]) else "final weights",
+                                  data="test" if data.test is not None else "validation")
+            runs.write_json(run_dir / "eval.json", run.evaluation)
+        write_curves(run_dir, result.history)
+        best = result.best
+        last_epoch = result.history[-1].epoch if result.history else 0
+        runs.write_status(run_dir, "completed", epoch=last_epoch, step=optimizer.t,
+                          stopped_early=result.stopped_early, best_epoch=result.best_epoch, monitor=result.monitor,
+                          best=best.as_dict() if best else None)
+    except KeyboardInterrupt:
+        runs.write_status(run_dir, "interrupted", epoch=state.epoch, step=optimizer.t, checkpoint=writer.last_saved,
+                          reason="stopped at once after the last epoch; resume finishes the run")
+        raise
+    except BaseException as err:
+        runs.write_status(run_dir, "failed", epoch=state.epoch, step=optimizer.t, checkpoint=writer.last_saved,
+                          reason=f"{type(err).__name__}: {err}")
+        raise
     run.status = "completed"
     return run
 

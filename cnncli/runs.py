@@ -33,11 +33,15 @@ METRIC_FIELDS = ["epoch", "step", "lr", "loss", "accuracy", "val_loss", "val_acc
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, or Ctrl-C at once: the old file stays, no temporary is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -194,6 +198,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.nda
         meta = json.loads(str(arrays.pop("meta")))
     except ValueError:
         raise CheckpointError(f"{path}: its meta data is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its meta data is not a JSON object")
     if meta.get("format_version") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}; this cnncli reads "
                               f"format {CHECKPOINT_FORMAT}")

@@ -120,10 +120,16 @@ class FitResult:
         return None
 
 
-def targets_for(network: Network, labels: np.ndarray) -> np.ndarray:
-    """Loss targets: 0/1 floats for one output unit, class indices otherwise."""
+def targets_for(network: Network, labels: np.ndarray, loss: Loss | None = None) -> np.ndarray:
+    """Loss targets from class labels: 0/1 floats for one output unit; class indices for
+    the class losses (categorical cross-entropy, KL); one-hot rows for the others (mse or
+    mae on several outputs)."""
     if network.output_shape == (1,):
         return labels.astype(network.dtype)
+    if loss is not None and loss.fused_activation != "softmax" and len(network.output_shape) == 1:
+        onehot = np.zeros((len(labels), network.output_shape[0]), dtype=network.dtype)
+        onehot[np.arange(len(labels)), labels] = 1
+        return onehot
     return labels
 
 
@@ -134,7 +140,7 @@ def evaluate(network: Network, loss: Loss, split: Split, batch_size: int = 256) 
     for i in range(0, len(split), batch_size):
         xb, yb = split.x[i:i + batch_size], split.y[i:i + batch_size]
         out = network.forward(xb, training=False, logits=fused)
-        value, _ = loss.value_and_grad(out, targets_for(network, yb), from_logits=fused)
+        value, _ = loss.value_and_grad(out, targets_for(network, yb, loss), from_logits=fused)
         if fused:
             out = network.layers[-1].activation.forward(out)
         total += value if loss.reduction == "sum" else value * len(yb)
@@ -192,12 +198,16 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
         for b in range(state.batch, steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = train.x[idx], train.y[idx]
-            value, out = network.loss_and_gradients(xb, targets_for(network, yb), loss)
+            # A skipped batch must leave no trace: its forward pass updates buffers (batch norm).
+            kept = {k: v.copy() for k, v in network.buffers().items()} if on_nan == "skip_batch" else None
+            value, out = network.loss_and_gradients(xb, targets_for(network, yb, loss), loss)
             grads = network.gradients()
             norm = optimizer.gradient_norm(grads)
             if not (math.isfinite(value) and math.isfinite(norm)):
                 if on_nan == "skip_batch":
                     state.skipped += 1
+                    for k, v in network.buffers().items():
+                        v[...] = kept[k]
                 else:
                     layer = first_nonfinite_layer(network)
                     what = f"the gradient of {layer}" if layer and math.isfinite(value) else f"the loss ({value})"
@@ -226,7 +236,7 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
         val_loss = val_acc = None
         if validation is not None and len(validation):
             val_loss, val_acc, _ = evaluate(network, loss, validation, eval_batch_size)
-        seen = max(state.seen, 1)
+        seen = state.seen or math.nan  # every batch skipped: no loss or accuracy (NaN), not 0
         metrics = EpochMetrics(epoch=epoch, step=optimizer.t, lr=state.epoch_lr, loss=state.loss_sum / seen,
                                accuracy=state.correct / seen, val_loss=val_loss, val_accuracy=val_acc,
                                seconds=seconds, images_per_second=n / max(seconds, 1e-9),

@@ -15,8 +15,13 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+#: Sizes beyond this are refused: no array dimension of a real network comes near it,
+#: and numpy cannot even describe some larger shapes.
+MAX_SIZE = 2**31 - 1
+
+
 def positive_int(name: str, value: object) -> int:
-    if not is_int(value) or value < 1:
+    if not is_int(value) or value < 1 or value > MAX_SIZE:
         raise ConfigError(name, "a positive int", value)
     return int(value)
 
@@ -25,12 +30,12 @@ def pair(name: str, value: object, *, minimum: int = 1) -> tuple[int, int]:
     """An int or a two-element list of ints, each at least ``minimum``."""
     kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
     expected = f"{kind} or [int, int]"
-    if is_int(value) and value >= minimum:
+    if is_int(value) and minimum <= value <= MAX_SIZE:
         return int(value), int(value)
     if (
         isinstance(value, (list, tuple))
         and len(value) == 2
-        and all(is_int(v) and v >= minimum for v in value)
+        and all(is_int(v) and minimum <= v <= MAX_SIZE for v in value)
     ):
         return int(value[0]), int(value[1])
     raise ConfigError(name, expected, value)
