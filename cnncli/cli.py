@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -611,8 +610,6 @@ def visualize(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run."),
 ) -> None:
     """PNGs of the first layer's kernels, each conv layer's feature maps, and the training curves."""
-    import numpy as np
-
     from cnncli.data import apply_normalization, load_dataset
     from cnncli.data.image_folder import load_image
     from cnncli.experiment import load_run, write_curves

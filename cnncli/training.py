@@ -178,7 +178,6 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
     patience = (early_stopping or {}).get("patience")
     result = FitResult(monitor=monitor, history=[EpochMetrics(**h) for h in state.history], state=state,
                        best_epoch=state.best_epoch, best_value=state.best_value)
-    fused = network.uses_logits(loss)
     for cb in callbacks:
         cb.on_train_start(epochs, steps_per_epoch, state)
     if patience is not None and state.waited >= patience:

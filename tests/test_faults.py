@@ -32,7 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 

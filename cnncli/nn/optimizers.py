@@ -60,7 +60,7 @@ import math
 
 import numpy as np
 
-from cnncli.errors import CheckpointError, ConfigError
+from cnncli.errors import CheckpointError
 from cnncli.nn import _check
 from cnncli.registry import Registry, construct
 

@@ -37,7 +37,6 @@ Shapes:
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
