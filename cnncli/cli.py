@@ -542,6 +542,7 @@ def gradcheck(
     entries: int = typer.Option(20, "--entries", min=1, help="Entries checked per tensor (sampled when larger)."),
     tolerance: float = typer.Option(1e-6, "--tolerance", help="Largest relative error that passes."),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a config value."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Its .cache holds decoded images."),
 ) -> None:
     """Compare every analytic gradient with central differences, in float64, per layer.
 
@@ -565,7 +566,7 @@ def gradcheck(
     source = "random inputs"
     try:
         data = load_dataset({**cfg.values, "train": {**cfg["train"], "validation_split": 0.0}},
-                            cache_dir=Path("runs") / ".cache", outputs=int(np.prod(network.output_shape)))
+                            cache_dir=runs_dir / ".cache", outputs=int(np.prod(network.output_shape)))
         pick = rng.choice(len(data.train), size=min(batch, len(data.train)), replace=False)
         x, labels = data.train.x[pick], data.train.y[pick]
         source = f"{len(pick)} examples of the configured data ({cfg['data']['source']})"
@@ -577,24 +578,39 @@ def gradcheck(
     table = Table(title=f"gradient check of {config}: float64, {source}, central differences (h = 1e-6)",
                   title_justify="left")
     for col, justify in (("#", "right"), ("layer", "left"), ("checked", "left"), ("entries", "right"),
-                         ("max relative error", "right"), ("", "left")):
+                         ("kinks", "right"), ("local error", "right"), ("end-to-end error", "right"),
+                         ("", "left")):
         table.add_column(col, justify=justify)
-    failed = []
+    failed, broken = [], []
     for r in rows:
         names = [f"{k} (local)" for k in r["local"]] + [f"{k}" for k in r["end_to_end"]]
+        local = max(r["local"].values(), default=0.0)
+        end = max(r["end_to_end"].values(), default=0.0)
         ok = r["error"] < tolerance
         if not ok:
             failed.append(r)
+        if local >= tolerance:
+            broken.append(r)
         table.add_row("" if r["index"] is None else str(r["index"]), r["layer"], ", ".join(names) or "-",
-                      str(r["entries"]), f"{r['error']:.2e}", "[green]pass[/]" if ok else "[bold red]FAIL[/]")
+                      str(r["entries"]), str(r["kinks"]), f"{local:.2e}" if r["local"] else "-",
+                      f"{end:.2e}" if r["end_to_end"] else "-", "[green]pass[/]" if ok else "[bold red]FAIL[/]")
     console.print(table)
     console.print("local: the layer alone on its input with a random upstream gradient (dx and parameters); "
-                  "others: the loss's gradient with respect to that tensor through the whole network.",
-                  style="dim", highlight=False)
+                  "end to end: the loss's gradient with respect to the layer's parameters (or the input) "
+                  "through the whole network; kinks: entries left out because the step crossed a ReLU kink or "
+                  "a pooling tie.", style="dim", highlight=False)
     if failed:
-        where = ", ".join(f"layers[{r['index']}] ({r['layer']})" if r["index"] is not None else "the input"
-                          for r in failed)
-        err_console.print(f"gradient check failed (tolerance {tolerance:g}): {where}", highlight=False)
+        name = (lambda r: f"layers[{r['index']}] ({r['layer']})" if r["index"] is not None else "the input")
+        if broken:
+            culprits = ", ".join(name(r) for r in broken)
+            affected = [name(r) for r in failed if r not in broken]
+            message = f"gradient check failed (tolerance {tolerance:g}): broken backward in {culprits}"
+            if affected:
+                message += f"; affected through it: {', '.join(affected)}"
+        else:
+            message = (f"gradient check failed (tolerance {tolerance:g}) end to end at "
+                       f"{', '.join(name(r) for r in failed)}")
+        err_console.print(message, highlight=False)
         raise typer.Exit(1)
     console.print(f"all gradients agree to better than {tolerance:g}", highlight=False)
 
@@ -667,7 +683,8 @@ def plot(
     for name in names:
         registry.get(name, kind)
     out.mkdir(parents=True, exist_ok=True)
-    path = function_plot_png(kind, names, out / f"{kind}_{'_'.join(names) if len(names) <= 3 else 'all'}.png")
+    label = "all" if sorted(set(names)) == registry.names() else "_".join(names)
+    path = function_plot_png(kind, names, out / f"{kind}_{label}.png")
     console.print(f"wrote {path}", highlight=False)
 
 

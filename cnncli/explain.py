@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from cnncli.nn.layers import AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D
 from cnncli.nn.layers.base import ActivationLayer
-from cnncli.summary import (backward_flops, calculation_text, human_flops, shape_text, summarize, training_flops)
+from cnncli.summary import backward_flops, calculation_text, human_flops, shape_text, training_flops
 
 
 @dataclass
@@ -84,7 +84,7 @@ def _act_eqs(layer, out_shape: str) -> tuple[list[Eq], list[Eq]]:
 # ------------------------------------------------------------------------------ layers
 def _size_arith(n: int, before: int, after: int, k: int, s: int, d: int, out: int) -> str:
     pad = f"2*{before}" if before == after else f"{before} + {after}"
-    span = f"{k}" if d == 1 else f"{d}*({k}-1)+1"
+    span = f"{k}" if d == 1 else f"({d}*({k}-1)+1)"  # the dilated kernel's extent, subtracted whole
     inner = f"({n} + {pad} - {span})"
     exact = (n + before + after - (d * (k - 1) + 1)) % s == 0
     return f"{inner}/{s} + 1 = {out}" if exact else f"floor({inner}/{s}) + 1 = {out}"
@@ -219,8 +219,8 @@ def dense_section(i: int, layer: Dense, first: bool) -> Section:
 
 
 def simple_section(i: int, layer, network) -> Section:
-    shape_in = shape_text(layer.input_shape)
-    shape_out = shape_text(layer.output_shape)
+    shape_in = "N, " + ", ".join(str(d) for d in layer.input_shape)  # "N, 4, 4, 128"
+    shape_out = "N, " + ", ".join(str(d) for d in layer.output_shape)
     if isinstance(layer, Flatten):
         h, w, c = layer.input_shape if len(layer.input_shape) == 3 else (1, 1, layer.input_shape[0])
         sec = Section(f"layers[{i}]: flatten")
@@ -229,7 +229,7 @@ def simple_section(i: int, layer, network) -> Section:
                               f"(N, {h}, {w}, {c}) -> (N, {h * w * c})"))
         sec.arithmetic.append(f"{h} x {w} x {c} = {h * w * c} features, in (h, w, c) order")
         sec.backward.append(Eq("dX = dx reshaped back", r"\partial L/\partial X = \text{reshape}(\partial L/\partial x)",
-                               f"(N, {shape_in})"))
+                               f"({shape_in})"))
         return sec
     if isinstance(layer, GlobalAvgPool2D):
         h, w, c = layer.input_shape
@@ -263,7 +263,7 @@ def simple_section(i: int, layer, network) -> Section:
         return sec
     if isinstance(layer, ActivationLayer):
         sec = Section(f"layers[{i}]: activation {_activation(layer)}")
-        fa, ba = _act_eqs(layer, f"(N, {shape_out})")
+        fa, ba = _act_eqs(layer, f"({shape_out})")
         sec.forward += [Eq(e.text.replace("a =", "y =", 1), e.tex, e.shape) for e in fa]
         sec.backward += ba
         return sec
@@ -334,7 +334,6 @@ def loss_section(network, loss: dict, batch_size: int) -> Section:
 def optimizer_section(opt: dict, batch_size: int, update_flops: int) -> Section:
     name, lr = opt["name"], opt["lr"]
     sec = Section(f"update: {name}, lr {lr:g}")
-    g = "g"
     rules = {
         "sgd": [("W <- W - {lr} g", r"W \leftarrow W - {lr}\, g")],
         "momentum": [("M <- {m} M + {lr} g;  W <- W - M", r"M \leftarrow {m} M + {lr}\,g,\quad W \leftarrow W - M")],
@@ -393,7 +392,7 @@ def explain(config, network, layer: int | None = None) -> list[Section]:
             sec = dense_section(i, lyr, i == 0)
         else:
             sec = simple_section(i, lyr, network)
-        if i == len(network.layers) - 1 and layer is None and _fused(network, values["loss"]) and sec.backward:
+        if i == len(network.layers) - 1 and _fused(network, values["loss"]) and sec.backward:
             # The output layer's delta comes from the fused loss below, not from g'(z).
             sec.backward[0] = Eq("delta = dE/dz, given directly by the fused loss (see the loss section)",
                                  r"\delta = \partial E/\partial z \text{ (from the fused loss below)}",
