@@ -73,8 +73,12 @@ def feature_maps_png(network, image: np.ndarray, out_dir: Path, max_channels: in
     plt = _pyplot()
     paths = []
     a = image[None].astype(network.dtype)  # (1, H, W, C)
-    for i, layer in enumerate(network.layers):
-        a = layer.forward(a, training=False)
+    outputs = []
+    with network.unfused():  # each layer's own (activated, NHWC) output
+        for layer in network.layers:
+            a = layer.forward(a, training=False)
+            outputs.append(a)
+    for i, (layer, a) in enumerate(zip(network.layers, outputs)):
         if not isinstance(layer, Conv2D):
             continue
         maps = a[0]  # (H', W', F)

@@ -105,8 +105,11 @@ def _max_pool_ties(network, inputs: list[np.ndarray]) -> bool:
     for layer, x in zip(network.layers, inputs):
         if layer.type_name != "max_pool2d":
             continue
-        xp = pad_input(x, layer.pads, -np.inf)
-        views = [xp[:, rows, cols, :] for _, _, rows, cols in layer._offsets()]
+        if getattr(layer, "blocked_input", False):  # (P, N, H', W', C): one block per offset
+            views = list(x)
+        else:
+            xp = pad_input(x, layer.pads, -np.inf)
+            views = [xp[:, rows, cols, :] for _, _, rows, cols in layer._offsets()]
         out = np.maximum.reduce(views)
         if np.any(sum((v == out).astype(np.int64) for v in views) > 1):
             return True

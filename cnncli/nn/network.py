@@ -16,6 +16,8 @@ Parameters are named ``layers.<index>.<name>`` (``layers.0.kernel``, ``layers.0.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from cnncli.errors import CheckpointError, ConfigError, ShapeError
@@ -85,11 +87,45 @@ class Network:
         """
         from cnncli.nn.layers import MaxPool2D
 
+        from cnncli.nn.layers import Conv2D
+
         for before, pool in zip(self.layers, self.layers[1:]):
-            if (isinstance(before, ActivatedLayer) and isinstance(pool, MaxPool2D)
-                    and not isinstance(before.activation, Linear) and before.activation.monotonic):
+            if not isinstance(pool, MaxPool2D):
+                continue
+            if (isinstance(before, ActivatedLayer) and not isinstance(before.activation, Linear)
+                    and before.activation.monotonic):
                 before.activation_deferred = True
                 pool.post_activation = before.activation
+            # A pooling that tiles its input exactly (stride = pool size, no padding) lets the
+            # conv before it emit rows grouped by window offset: the pooling then reads
+            # contiguous blocks instead of strided views, forward and backward.
+            if (isinstance(before, Conv2D) and (before.activation_deferred or isinstance(before.activation, Linear))
+                    and pool.stride == pool.pool_size and not any(pool.pads)
+                    and before.out_hw[0] % pool.pool_size[0] == 0 and before.out_hw[1] % pool.pool_size[1] == 0
+                    and pool.out_hw == (before.out_hw[0] // pool.pool_size[0],
+                                        before.out_hw[1] // pool.pool_size[1])):
+                before.blocks = pool.pool_size
+                pool.blocked_input = True
+
+    @contextlib.contextmanager
+    def unfused(self):
+        """Run the layers as written (activation, then pooling; NHWC between every pair),
+        for code that looks at each layer's output, such as feature-map pictures."""
+        saved = [(l, getattr(l, "activation_deferred", None), getattr(l, "blocks", None),
+                  getattr(l, "post_activation", None), getattr(l, "blocked_input", None)) for l in self.layers]
+        for layer in self.layers:
+            for attr, off in (("activation_deferred", False), ("blocks", None), ("post_activation", None),
+                              ("blocked_input", False)):
+                if hasattr(layer, attr):
+                    setattr(layer, attr, off)
+        try:
+            yield self
+        finally:
+            for layer, deferred, blocks, post, blocked in saved:
+                for attr, value in (("activation_deferred", deferred), ("blocks", blocks),
+                                    ("post_activation", post), ("blocked_input", blocked)):
+                    if value is not None:
+                        setattr(layer, attr, value)
 
     @property
     def output_activation(self) -> str | None:

@@ -207,30 +207,63 @@ class Conv2D(ActivatedLayer):
         ho, wo = self.out_hw
         return 2 * kh * kw * c * self.filters * ho * wo + (self.filters * ho * wo if self.use_bias else 0)
 
+    #: Set by the network when a tiling max-pool follows (see ``Network._fuse_pooling``):
+    #: (ph, pw) makes the output rows come window offset first, shape
+    #: (ph*pw, N, H'/ph, W'/pw, F), so the pooling reads contiguous blocks.
+    blocks: tuple[int, int] | None = None
+
     def forward_linear(self, x, training):
         n = x.shape[0]
         kh, kw = self.kernel_size
         ho, wo = self.out_hw
+        f = self.filters
         xp = pad_input(x, self.pads)  # (N, Hp, Wp, C)
         self._padded_shape = xp.shape
-        cols = self.workspace("cols", (n * ho * wo, kh * kw * xp.shape[3]), x.dtype)
-        self._cols = im2col(xp, self.kernel_size, self.stride, self.dilation, self.out_hw, out=cols)
-        w2d = self.params["kernel"].reshape(-1, self.filters)  # (kh*kw*C, F)
-        z = self._cols @ w2d  # (N*H'*W', F)
+        k = kh * kw * xp.shape[3]
+        # With a bias, cols carries a column of ones and the weights a row holding the
+        # bias: the product adds the bias, and cols^T @ delta yields db as its last row.
+        cols = self.workspace("cols", (n * ho * wo, k + self.use_bias), x.dtype)
+        win = windows(xp, self.kernel_size, self.stride, self.dilation, self.out_hw)  # (N, H', W', kh, kw, C)
+        if self.blocks is None:
+            target_shape = win.shape
+        else:
+            ph, pw = self.blocks
+            sn, sh, sw, sp, sq, sc = win.strides
+            # (ph, pw, N, H'/ph, W'/pw, kh, kw, C): the window offset (u, v) of the pooling first
+            win = as_strided(win, (ph, pw, n, ho // ph, wo // pw, kh, kw, xp.shape[3]),
+                             (sh, sw, sn, ph * sh, pw * sw, sp, sq, sc), writeable=False)
+            target_shape = win.shape
+        np.copyto(cols[:, :k].reshape(target_shape), win)  # rows in the order of target_shape
+        w_aug = self.workspace("w_aug", (k + self.use_bias, f), x.dtype)
+        w_aug[:k] = self.params["kernel"].reshape(k, f)  # (kh*kw*C, F)
         if self.use_bias:
-            z += self.params["bias"]
-        return z.reshape(n, ho, wo, self.filters)  # (N, H', W', F)
+            cols[:, k] = 1
+            w_aug[k] = self.params["bias"]
+        self._cols = cols
+        z = cols @ w_aug  # (rows, F)
+        if self.blocks is None:
+            return z.reshape(n, ho, wo, f)  # (N, H', W', F)
+        ph, pw = self.blocks
+        return z.reshape(ph * pw, n, ho // ph, wo // pw, f)  # (ph*pw, N, H'/ph, W'/pw, F)
 
     def backward_linear(self, dz):
-        dz2d = dz.reshape(-1, self.filters)  # (N*H'*W', F)
+        f = self.filters
         kernel = self.params["kernel"]
-        self.grads["kernel"] = (self._cols.T @ dz2d).reshape(kernel.shape)  # (kh*kw*C, F) -> HWIO
+        dz2d = dz.reshape(-1, f)  # (rows, F), in the row order of cols
+        grads = self._cols.T @ dz2d  # (kh*kw*C [+1], F): the sums over rows do not mind their order
+        k = kernel.size // f
+        self.grads["kernel"] = grads[:k].reshape(kernel.shape)  # HWIO
         if self.use_bias:
-            self.grads["bias"] = dz2d.sum(axis=0)
+            self.grads["bias"] = grads[k]
         if not self.needs_input_grad:
             return None
-        dcols = np.matmul(dz2d, kernel.reshape(-1, self.filters).T,
-                          out=self.workspace("dcols", self._cols.shape, dz2d.dtype))  # (N*H'*W', kh*kw*C)
+        if self.blocks is not None:  # back to (N, H', W', F) rows for the scatter
+            ph, pw = self.blocks
+            n, h2, w2 = dz.shape[1:4]
+            dz2d = (dz.reshape(ph, pw, n, h2, w2, f).transpose(2, 3, 0, 4, 1, 5)
+                    .reshape(-1, f))  # (N*H'*W', F)
+        dcols = np.matmul(dz2d, kernel.reshape(k, f).T,
+                          out=self.workspace("dcols", (dz2d.shape[0], k), dz2d.dtype))  # (N*H'*W', kh*kw*C)
         dxp = col2im(dcols, self._padded_shape, self.kernel_size, self.stride, self.dilation, self.out_hw,
                      out=self.workspace("dxp", self._padded_shape, dz2d.dtype))
         return crop(dxp, self.pads)

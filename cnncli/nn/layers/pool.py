@@ -99,8 +99,13 @@ class MaxPool2D(_Pool2D):
     def __init__(self, *, pool_size=2, stride=None, padding="valid"):
         super().__init__(pool_size=pool_size, stride=stride, padding=padding)
         self.post_activation = None
+        #: Set by the network when the conv layer before delivers its output blocked by
+        #: window offset, (kh*kw, N, H', W', C): each offset is then one contiguous block.
+        self.blocked_input = False
 
     def forward(self, x, training=False):
+        if self.blocked_input:
+            return self._forward_blocked(x)
         xp = pad_input(x, self.pads, -np.inf)  # (N, Hp, Wp, C)
         out = winner = None
         for k, (_, _, rows, cols) in enumerate(self._offsets()):
@@ -121,9 +126,30 @@ class MaxPool2D(_Pool2D):
             self._out = out
         return out
 
+    def _forward_blocked(self, x):
+        """x: (P, N, H', W', C), one block per window offset -> (N, H', W', C)."""
+        out = x[0].copy()
+        winner = np.zeros(out.shape, dtype=np.uint8)
+        for k in range(1, x.shape[0]):
+            better = x[k] > out
+            step = np.subtract(np.uint8(k), winner, dtype=np.uint8)
+            step *= better
+            winner += step
+            np.maximum(out, x[k], out=out)
+        self._blocked_shape, self._winner = x.shape, winner
+        if self.post_activation is not None:
+            out = self.post_activation.forward(out)
+            self._out = out
+        return out
+
     def backward(self, dy):
         if self.post_activation is not None:
             dy = self.post_activation.backward(self._out, dy)  # dL/d(max z)
+        if self.blocked_input:
+            dx = self.workspace("dx_blocked", self._blocked_shape, dy.dtype)  # (P, N, H', W', C)
+            for k in range(self._blocked_shape[0]):
+                np.multiply(dy, self._winner == k, out=dx[k])
+            return dx
         overlapping = self.stride[0] < self.pool_size[0] or self.stride[1] < self.pool_size[1]
         dxp = self.workspace("dxp", self._padded_shape, dy.dtype)
         (ho, wo), (sh, sw) = self.out_hw, self.stride
