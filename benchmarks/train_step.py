@@ -312,7 +312,6 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
                 add(f"{ctx['phase'] or 'outside layers'} / {label}", time.perf_counter() - t0)
         return wrapper
 
-    saved_module = {"im2col": convmod.im2col, "col2im": convmod.col2im}
     patched = []  # (object, attribute) set on instances, removed afterwards
     top = []
     for i, layer in enumerate(net.layers):
@@ -333,8 +332,10 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
     opt._preprocess = sub(opt._preprocess, "global gradient norm (_preprocess)")
     patched += [(loss, "value_and_grad"), (opt, "step"), (opt, "_preprocess")]
     top += ["loss value and gradient", "optimizer step (SGD)"]
-    convmod.im2col = sub(saved_module["im2col"], "im2col")
-    convmod.col2im = sub(saved_module["col2im"], "col2im")
+    for layer in net.layers:  # the input gradient's per-offset products and slice-adds
+        if isinstance(layer, Conv2D):
+            layer._input_gradient = sub(layer._input_gradient, "dX (per-offset products + col2im adds)")
+            patched.append((layer, "_input_gradient"))
 
     records: dict[str, list[float]] = {}
     totals, faults = [], []
@@ -355,7 +356,6 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
     finally:
         for obj, attr in patched:
             obj.__dict__.pop(attr, None)
-        convmod.im2col, convmod.col2im = saved_module["im2col"], saved_module["col2im"]
     order.append("other (parameter/gradient dicts, final sigmoid, dtype checks)")
 
     # The same step unwrapped, for the wrappers' overhead.
@@ -367,8 +367,8 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
     backend.train_once()  # leaves the layers' caches (im2col columns, dense inputs) in place
     for i, layer in enumerate(net.layers):
         if isinstance(layer, Conv2D):
-            a = layer._cols  # (N*H'*W', kh*kw*C)
             w = layer.params["kernel"].reshape(-1, layer.filters)
+            a = layer._cols[:, :w.shape[0]]  # (N*H'*W', kh*kw*C), without the bias column
         elif isinstance(layer, Dense):
             a = layer._x  # (N, D)
             w = layer.params["kernel"]
