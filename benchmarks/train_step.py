@@ -271,7 +271,6 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
     """Per-phase times of ``net.train_step``, by wrapping the calls it makes (no engine edits)."""
     import resource
 
-    import cnncli.nn.layers.conv as convmod
     from cnncli.nn.activations import Linear
     from cnncli.nn.layers import ActivatedLayer, Conv2D, Dense
 
