@@ -79,6 +79,9 @@ class ProgressDisplay:
         self.epochs, self.steps = epochs, steps_per_epoch
 
     def on_epoch_start(self, epoch):
+        if not console.is_terminal:  # piped or captured: the per-epoch lines only
+            self.progress = None
+            return
         self.progress = Progress(
             TextColumn(f"epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}"), BarColumn(bar_width=30),
             MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
@@ -87,6 +90,8 @@ class ProgressDisplay:
         self.task = self.progress.add_task("train", total=self.steps, stats="")
 
     def on_batch_end(self, epoch, batch, loss, accuracy, images_per_second):
+        if self.progress is None:
+            return
         self.progress.update(self.task, completed=batch,
                              stats=f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_second:,.0f} img/s")
 
@@ -98,7 +103,8 @@ class ProgressDisplay:
             self.progress.stop()
 
     def on_epoch_end(self, m, improved, state):
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
         val = ""
         if m.val_loss is not None:
             val = f"  val_loss {m.val_loss:.4f}  val_acc {m.val_accuracy:.3f}"
