@@ -20,27 +20,12 @@ from typer.testing import CliRunner
 
 from cnncli import runs as runs_mod
 from cnncli.cli import app
+from tests.configs import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "paper.yaml"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints/last.npz", "checkpoints/best.npz",
              "summary.md", "eval.json", "curves.png", "env.json", "status.json", "data.json")
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "data": {"source": "synthetic", "num_samples": 200, "num_classes": 2, "noise": 0.05},
-    "model": {
-        "input_shape": [8, 8, 3],
-        "layers": [
-            {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
-            {"type": "max_pool2d", "pool_size": 2},
-            {"type": "flatten"},
-            {"type": "dense", "units": 2, "activation": "softmax"},
-        ],
-    },
-    "optimizer": {"name": "adam", "lr": 0.01},
-    "train": {"epochs": 2, "batch_size": 32},
-}
 
 
 def invoke(*args):

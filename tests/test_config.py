@@ -31,25 +31,11 @@ from cnncli.cli import app
 from cnncli.config import (DATA_BY_SOURCE, DATA_COMMON, EARLY_STOPPING_DEFAULTS, EVAL_DEFAULTS, SECTIONS,
                            TRAIN_DEFAULTS)
 from cnncli.errors import ConfigError
+from tests.configs import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 
-BASE = {
-    "name": "tiny",
-    "seed": 0,
-    "data": {"source": "synthetic", "num_samples": 200, "num_classes": 2, "noise": 0.05},
-    "model": {
-        "input_shape": [8, 8, 3],
-        "layers": [
-            {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
-            {"type": "max_pool2d", "pool_size": 2},
-            {"type": "flatten"},
-            {"type": "dense", "units": 2, "activation": "softmax"},
-        ],
-    },
-    "optimizer": {"name": "adam", "lr": 0.01},
-    "train": {"epochs": 1, "batch_size": 32},
-}
+BASE = {**TINY, "train": {**TINY["train"], "epochs": 1}}
 
 
 def base() -> dict:
