@@ -10,7 +10,7 @@ import pytest
 import naive
 from cnncli.errors import ConfigError, ShapeError
 from cnncli.nn import Network
-from cnncli.nn.gradcheck import check_layer, numerical_gradient, relative_error
+from cnncli.nn.gradcheck import check_layer
 from cnncli.nn.layers import (LAYERS, ActivationLayer, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout,
                               Flatten, GlobalAvgPool2D, MaxPool2D)
 from cnncli.registry import construct

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from cnncli.errors import CheckpointError, CnnCliError, ConfigError, ShapeError
-from cnncli.nn import (AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Network,
-                       make_loss, make_optimizer)
+from cnncli.nn import Conv2D, Dense, Flatten, MaxPool2D, Network, make_loss, make_optimizer
 from cnncli.nn.gradcheck import numerical_gradient, relative_error, sample_indices
 
 
