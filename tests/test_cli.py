@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from cnncli import runs as runs_mod
-from cnncli.cli import app
-from tests.configs import TINY
+from tests.helpers import TINY, assert_ok, assert_user_error, invoke
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "paper.yaml"
@@ -28,26 +26,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints/last.np
              "summary.md", "eval.json", "curves.png", "env.json", "status.json", "data.json")
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
-
-def assert_ok(res):
-    assert res.exception is None or (isinstance(res.exception, SystemExit) and res.exit_code == 0), res.exc_info
-    assert res.exit_code == 0, (res.stdout, res.stderr)
-    assert "Traceback" not in res.stdout + res.stderr
-
-
-def assert_user_error(res, *phrases):
-    """Exit 2, one line on stderr starting with ``error:``, no traceback."""
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exc_info
-    assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr)
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.stdout + res.stderr
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
-    return lines[0]
 
 
 def write_config(path: Path, cfg: dict = TINY) -> Path:

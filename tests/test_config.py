@@ -31,7 +31,7 @@ from cnncli.cli import app
 from cnncli.config import (DATA_BY_SOURCE, DATA_COMMON, EARLY_STOPPING_DEFAULTS, EVAL_DEFAULTS, SECTIONS,
                            TRAIN_DEFAULTS)
 from cnncli.errors import ConfigError
-from tests.configs import TINY
+from tests.helpers import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 

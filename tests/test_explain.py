@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
 from cnncli.builder import build_network
-from cnncli.cli import app
+from tests.helpers import assert_ok, assert_user_error, invoke
 from cnncli.config import load_config
 from cnncli.summary import human_flops, training_flops
 
@@ -34,24 +33,7 @@ SHIPPED = ("quickstart", "all_options", "paper", "fashion_mnist")
 CALTECH = (REPO / "../shared/datasets/caltech101-motorbikes-airplanes").resolve()
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
-
-def assert_ok(res):
-    assert res.exception is None or (isinstance(res.exception, SystemExit) and res.exit_code == 0), res.exc_info
-    assert res.exit_code == 0, (res.stdout, res.stderr)
-    assert "Traceback" not in res.stdout + res.stderr
-
-
-def assert_user_error(res, *phrases):
-    """Exit 2, a one-line ``error:`` on stderr naming ``phrases``, no traceback."""
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exc_info
-    assert res.exit_code == 2, (res.exit_code, res.stdout, res.stderr)
-    assert res.stderr.startswith("error:"), res.stderr
-    assert "Traceback" not in res.stdout + res.stderr
-    for phrase in phrases:
-        assert phrase in res.stderr, (phrase, res.stderr)
 
 
 def explain_text(*args) -> str:
