@@ -341,3 +341,13 @@ def test_more_outputs_than_classes_trains_and_evaluates(tmp_path):
         assert m.sum() == 12 and np.trace(m) / 12 == pytest.approx(run.evaluation["accuracy"])
         predicted_beyond += int(m.shape[1] > 2 and m[:, 2:].sum() > 0)
     assert predicted_beyond > 0  # the case this test is about did occur
+
+
+def test_one_optimizer_update_per_mini_batch(tmp_path):
+    """ERRATA 6: t counts mini-batches, so after E epochs step = E * ceil(n / batch_size)."""
+    cfg = {**TINY, "train": {"epochs": 3, "batch_size": 24, "validation_split": 0.25}}
+    run = cnncli.train(cfg, runs_dir=tmp_path, handle_signals=False)
+    rows = runs_mod.read_metrics(run.path)
+    n_train = 200 - 50  # 25% of 200 held out, stratified over 2 balanced classes
+    per_epoch = -(-n_train // 24)
+    assert [r["step"] for r in rows] == [per_epoch * e for e in (1, 2, 3)]

@@ -444,6 +444,24 @@ def test_max_pool2d_matches_torch(cfg, rng, build64):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("stride", [2, 1])
+def test_max_pool2d_tie_rule_matches_torch(stride, rng, build64):
+    """Windows full of equal values: the first maximum in row-major order wins, as in torch."""
+    torch = _torch()
+    shape = (6, 6, 2)
+    layer = build64(MaxPool2D(pool_size=2, stride=stride), shape)
+    x = rng.integers(0, 3, (2,) + shape).astype(np.float64)  # values 0..2: ties everywhere
+    y = layer.forward(x, True)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    xt = torch.tensor(nchw(x), requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, 2, stride)
+    yt.backward(torch.tensor(nchw(dy)))
+    np.testing.assert_array_equal(y, nhwc(yt.detach().numpy()))
+    np.testing.assert_allclose(dx, nhwc(xt.grad.numpy()), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("count_include_pad", [False, True])
 @pytest.mark.parametrize("cfg", [
     dict(kernel_size=3, stride=1, padding=1),

@@ -581,3 +581,23 @@ def test_saturated_softmax_output_is_finite():
                                                             "reduction": "sum"}))
     assert value == pytest.approx(2e4)
     assert all(np.all(np.isfinite(g)) for g in net.gradients().values())
+
+
+def test_train_step_never_updates_its_input():
+    """ERRATA 11: inputs are not parameters; train_step leaves x bit-identical."""
+    net = Network([
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "tanh"},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 1, "activation": "sigmoid"},
+    ]).build((8, 8, 3), seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 8, 8, 3), dtype=np.float32)
+    y = rng.integers(0, 2, 6).astype(np.float32)
+    before = x.copy()
+    loss, opt = make_loss("binary_crossentropy"), make_optimizer({"name": "sgd", "lr": 0.5})
+    weights = net.layers[0].params["kernel"].copy()
+    for _ in range(3):
+        net.train_step(x, y, loss, opt)
+    assert np.array_equal(x, before)
+    assert not np.array_equal(net.layers[0].params["kernel"], weights)  # the parameters did move
