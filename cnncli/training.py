@@ -29,7 +29,7 @@ import numpy as np
 
 from cnncli.data import Split
 from cnncli.errors import CnnCliError
-from cnncli.metrics import accuracy
+from cnncli.metrics import accuracy, predicted_classes
 from cnncli.nn.losses import Loss
 from cnncli.nn.network import Network
 from cnncli.nn.optimizers import Optimizer
@@ -216,7 +216,7 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
             else:
                 optimizer.step(network.parameters(), grads, grad_norm=norm)
                 state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
-                state.correct += int(np.sum(_classes(out) == yb))
+                state.correct += int(np.sum(predicted_classes(out) == yb))
                 state.seen += len(idx)
             state.batch = b + 1
             elapsed = time.perf_counter() - start
@@ -265,8 +265,3 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
         cb.on_train_end(result)
     return result
 
-
-def _classes(outputs: np.ndarray) -> np.ndarray:
-    from cnncli.metrics import predicted_classes
-
-    return predicted_classes(outputs)

@@ -106,39 +106,6 @@ def windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
                       strides=(sn, s_h * sh, s_w * sw, d_h * sh, d_w * sw, sc), writeable=False)
 
 
-def im2col(xp: np.ndarray, kernel, stride, dilation, out_hw, out: np.ndarray | None = None) -> np.ndarray:
-    """Padded input (N, Hp, Wp, C) -> cols (N*H'*W', kh*kw*C), patch order (kh, kw, C).
-
-    Each copied run is a contiguous C-vector. ``out`` (that shape and dtype) is filled
-    instead of allocating.
-    """
-    win = windows(xp, kernel, stride, dilation, out_hw)  # (N, H', W', kh, kw, C)
-    n, ho, wo, kh, kw, c = win.shape
-    if out is None:
-        return win.reshape(n * ho * wo, kh * kw * c)  # copy: (N*H'*W', kh*kw*C)
-    np.copyto(out.reshape(win.shape), win)  # (N*H'*W', kh*kw*C) viewed as (N, H', W', kh, kw, C)
-    return out
-
-
-def col2im(dcols: np.ndarray, padded_shape: tuple[int, int, int, int], kernel, stride, dilation,
-           out_hw, out: np.ndarray | None = None) -> np.ndarray:
-    """Adjoint of :func:`im2col`: sum each window's gradient back into (N, Hp, Wp, C)."""
-    n, hp, wp, c = padded_shape
-    (kh, kw), (s_h, s_w), (d_h, d_w), (ho, wo) = kernel, stride, dilation, out_hw
-    dcols6 = dcols.reshape(n, ho, wo, kh, kw, c)  # (N, H', W', kh, kw, C)
-    if out is None:
-        dxp = np.zeros(padded_shape, dtype=dcols.dtype)
-    else:
-        dxp = out
-        dxp.fill(0)
-    for p in range(kh):
-        rows = slice(p * d_h, p * d_h + s_h * (ho - 1) + 1, s_h)
-        for q in range(kw):
-            cols = slice(q * d_w, q * d_w + s_w * (wo - 1) + 1, s_w)
-            dxp[:, rows, cols, :] += dcols6[:, :, :, p, q, :]
-    return dxp
-
-
 def crop(xp: np.ndarray, pads: Padding) -> np.ndarray:
     """Undo :func:`pad_input`: (N, Hp, Wp, C) -> (N, H, W, C)."""
     pt, pb, pl, pr = pads
@@ -275,7 +242,7 @@ class Conv2D(ActivatedLayer):
 
         For each offset (p, q), ``delta @ W[p, q]^T`` is that offset's share of every
         window, (N*H'*W', C), added into the strided slice of dX_pad it came from. Same
-        sums as building all of ``dcols = delta @ W^T`` and scattering it (:func:`col2im`),
+        sums as building all of ``dcols = delta @ W^T`` and scattering it back window by window,
         but each product is added while it is still in cache.
         """
         n, hp, wp, c = self._padded_shape
