@@ -47,6 +47,13 @@ def _version(value: bool) -> None:
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
     """Train, evaluate and inspect convolutional networks declared in YAML."""
+    from cnncli.nn import parallel
+
+    try:
+        parallel.threads_from_environment()
+    except CnnCliError as err:
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(err.exit_code) from None
 
 
 def user_errors(fn):

@@ -225,7 +225,10 @@ def environment() -> dict:
         info["blas"] = {k: blas.get(k) for k in ("name", "version") if k in blas}
     except Exception:  # older numpy: no dict mode
         info["blas"] = None
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE"):
+    from cnncli.nn import parallel
+
+    info["engine_threads"] = parallel.threads()
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "CNNCLI_THREADS"):
         if var in os.environ:
             info.setdefault("env", {})[var] = os.environ[var]
     return info

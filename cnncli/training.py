@@ -30,6 +30,7 @@ import numpy as np
 from cnncli.data import Split
 from cnncli.errors import CnnCliError
 from cnncli.metrics import accuracy, predicted_classes
+from cnncli.nn import parallel
 from cnncli.nn.losses import Loss
 from cnncli.nn.network import Network
 from cnncli.nn.optimizers import Optimizer
@@ -199,9 +200,10 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
             xb, yb = train.x[idx], train.y[idx]
             # A skipped batch must leave no trace: its forward pass updates buffers (batch norm).
             kept = {k: v.copy() for k, v in network.buffers().items()} if on_nan == "skip_batch" else None
-            value, out = network.loss_and_gradients(xb, targets_for(network, yb, loss), loss)
-            grads = network.gradients()
-            norm = optimizer.gradient_norm(grads)
+            with parallel.engine():  # BLAS single-threaded while the engine's threads work
+                value, out = network.loss_and_gradients(xb, targets_for(network, yb, loss), loss)
+                grads = network.gradients()
+                norm = optimizer.gradient_norm(grads)
             if not (math.isfinite(value) and math.isfinite(norm)):
                 if on_nan == "skip_batch":
                     state.skipped += 1
@@ -214,7 +216,8 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
                                          f"(batch {b + 1} of {steps_per_epoch}), learning rate "
                                          f"{optimizer.current_lr():.6g}")
             else:
-                optimizer.step(network.parameters(), grads, grad_norm=norm)
+                with parallel.engine():
+                    optimizer.step(network.parameters(), grads, grad_norm=norm)
                 state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
                 state.correct += int(np.sum(predicted_classes(out) == yb))
                 state.seen += len(idx)

@@ -8,12 +8,16 @@ import numpy as np
 import pytest
 
 import naive
+from engine_modes import serial_and_split
 from cnncli.errors import ConfigError, ShapeError
 from cnncli.nn import Network
 from cnncli.nn.gradcheck import check_layer
 from cnncli.nn.layers import (LAYERS, ActivationLayer, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout,
                               Flatten, GlobalAvgPool2D, MaxPool2D)
 from cnncli.registry import construct
+
+# Every test twice: serially and with the work split over the engine's threads.
+engine_mode = serial_and_split()
 
 TOL = 1e-6
 ACTS = [None, "linear", "sigmoid", "tanh", "relu", "leaky_relu",

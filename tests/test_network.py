@@ -9,9 +9,13 @@ import warnings
 import numpy as np
 import pytest
 
+from engine_modes import serial_and_split
 from cnncli.errors import CheckpointError, CnnCliError, ConfigError, ShapeError
 from cnncli.nn import Conv2D, Dense, Flatten, MaxPool2D, Network, make_loss, make_optimizer
 from cnncli.nn.gradcheck import numerical_gradient, relative_error, sample_indices
+
+# Every test twice: serially and with the work split over the engine's threads.
+engine_mode = serial_and_split()
 
 
 def figure2(classes=1, channels=3):

@@ -14,9 +14,13 @@ import math
 import numpy as np
 import pytest
 
+from engine_modes import serial_and_split
 from cnncli.errors import CheckpointError, ConfigError
 from cnncli.nn import make_optimizer
 from cnncli.nn.optimizers import Optimizer
+
+# Every test twice: serially and with the work split over the engine's threads.
+engine_mode = serial_and_split()
 
 SHAPES = {"conv": (2, 3, 2, 4), "bias": (4,), "dense": (5, 3)}
 ALL = ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam")

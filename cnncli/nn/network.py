@@ -21,6 +21,7 @@ import contextlib
 import numpy as np
 
 from cnncli.errors import CheckpointError, ConfigError, ShapeError
+from cnncli.nn import parallel
 from cnncli.nn.activations import Linear
 from cnncli.nn.layers import LAYERS, ActivatedLayer, Layer
 from cnncli.nn.losses import Loss
@@ -147,11 +148,12 @@ class Network:
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            if i == last and logits and isinstance(layer, ActivatedLayer):
-                x = layer.forward(x, training, logits=True)
-            else:
-                x = layer.forward(x, training)
+        with parallel.engine():
+            for i, layer in enumerate(self.layers):
+                if i == last and logits and isinstance(layer, ActivatedLayer):
+                    x = layer.forward(x, training, logits=True)
+                else:
+                    x = layer.forward(x, training)
         return x
 
     def backward(self, dy: np.ndarray, *, logits: bool = False, input_grad: bool = False):
@@ -162,12 +164,13 @@ class Network:
         """
         self.layers[0].needs_input_grad = input_grad
         last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            layer = self.layers[i]
-            if i == last and logits and isinstance(layer, ActivatedLayer):
-                dy = layer.backward(dy, logits=True)
-            else:
-                dy = layer.backward(dy)
+        with parallel.engine():
+            for i in range(last, -1, -1):
+                layer = self.layers[i]
+                if i == last and logits and isinstance(layer, ActivatedLayer):
+                    dy = layer.backward(dy, logits=True)
+                else:
+                    dy = layer.backward(dy)
         # The first layer's input gradient may live in its reusable workspace: hand out a copy.
         return dy.copy() if input_grad else None
 
@@ -193,8 +196,9 @@ class Network:
 
     def train_step(self, x, y, loss: Loss, optimizer: Optimizer):
         """Forward, backward and one optimizer update; returns (loss value, predictions)."""
-        value, out = self.loss_and_gradients(x, y, loss, training=True)
-        optimizer.step(self.parameters(), self.gradients())
+        with parallel.engine():
+            value, out = self.loss_and_gradients(x, y, loss, training=True)
+            optimizer.step(self.parameters(), self.gradients())
         return value, out
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

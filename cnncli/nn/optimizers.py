@@ -61,7 +61,7 @@ import math
 import numpy as np
 
 from cnncli.errors import CheckpointError
-from cnncli.nn import _check
+from cnncli.nn import _check, parallel
 from cnncli.registry import Registry, construct
 
 OPTIMIZERS: Registry = Registry("optimizer")
@@ -192,20 +192,50 @@ class Optimizer:
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], *,
              grad_norm: float | None = None) -> None:
         """One update of every parameter. ``grad_norm`` may pass :meth:`gradient_norm` if
-        the caller has computed it already (the training loop checks it is finite)."""
+        the caller has computed it already (the training loop checks it is finite).
+
+        Every update rule is elementwise, so the engine's threads each update one
+        contiguous stretch of all the parameters laid end to end.
+        """
         eta = self.current_lr()
         grads = self._preprocess(params, grads, grad_norm)
+        flat = []
         for key, w in params.items():
             slots = self.state.get(key)
             if slots is None:
                 slots = self.state[key] = {s: np.zeros_like(w) for s in self.slots}
-            self._update(w, grads[key], slots, eta)
+            arrays = (w, grads[key], *slots.values())
+            if all(a.flags.c_contiguous for a in arrays):
+                flat.append((w.reshape(-1), grads[key].reshape(-1), list(slots), [a.reshape(-1) for a in slots.values()]))
+            else:  # views we cannot flatten in place: update whole, here
+                self._update(w, grads[key], slots, eta)
+
+        def update(a, b):  # elements a..b of the parameters laid end to end
+            offset = 0
+            for w, g, names, slot_arrays in flat:
+                lo, hi = max(a - offset, 0), min(b - offset, w.size)
+                if lo < hi:
+                    self._update(w[lo:hi], g[lo:hi], {n: s[lo:hi] for n, s in zip(names, slot_arrays)}, eta)
+                offset += w.size
+
+        parallel.run(update, parallel.chunks(sum(w.size for w, *_ in flat), 1 + len(self.slots)))
         self.t += 1
 
     @staticmethod
     def gradient_norm(grads: dict[str, np.ndarray]) -> float:
         """Global L2 norm over every gradient (inf or nan if any entry is)."""
-        norm_sq = sum(float(np.vdot(g, g)) for g in grads.values())
+        flat = [g.reshape(-1) for g in grads.values()]
+
+        def squares(a, b):
+            total, offset = 0.0, 0
+            for g in flat:
+                lo, hi = max(a - offset, 0), min(b - offset, g.size)
+                if lo < hi:
+                    total += float(np.vdot(g[lo:hi], g[lo:hi]))
+                offset += g.size
+            return total
+
+        norm_sq = sum(parallel.run(squares, parallel.chunks(sum(g.size for g in flat))))
         return math.sqrt(norm_sq) if norm_sq == norm_sq and norm_sq != math.inf else norm_sq
 
     def _preprocess(self, params, grads, grad_norm=None):

@@ -42,7 +42,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from cnncli.errors import ConfigError
-from cnncli.nn import _check
+from cnncli.nn import _check, parallel
 from cnncli.nn.initializers import INITIALIZERS, initialize
 from cnncli.nn.layers.base import LAYERS, ActivatedLayer
 
@@ -194,51 +194,62 @@ class Conv2D(ActivatedLayer):
         width = k + self.use_bias
         cols = self.workspace("cols", (n * ho * wo, -(-width // 16) * 16), x.dtype)[:, :width]
         win = windows(xp, self.kernel_size, self.stride, self.dilation, self.out_hw)  # (N, H', W', kh, kw, C)
-        if self.blocks is None:
-            target_shape = win.shape
-        else:
-            ph, pw = self.blocks
+        ph, pw = self.blocks or (1, 1)
+        if self.blocks is not None:
             sn, sh, sw, sp, sq, sc = win.strides
             # (ph, pw, N, H'/ph, W'/pw, kh, kw, C): the window offset (u, v) of the pooling first
             win = as_strided(win, (ph, pw, n, ho // ph, wo // pw, kh, kw, xp.shape[3]),
                              (sh, sw, sn, ph * sh, pw * sw, sp, sq, sc), writeable=False)
-            target_shape = win.shape
-        dest = cols[:, :k].reshape(target_shape)  # a view: rows split, each row's k values split
+        else:
+            win = win[None, None]  # (1, 1, N, H', W', kh, kw, C)
+        dest = cols[:, :k].reshape(win.shape)  # a view: rows split, each row's k values split
         if not np.may_share_memory(dest, cols):
             raise AssertionError("im2col target is not a view of the workspace")
-        np.copyto(dest, win)  # rows in the order of target_shape
-        w_aug = self.workspace("w_aug", (k + self.use_bias, f), x.dtype)
+        w_aug = self.workspace("w_aug", (width, f), x.dtype)
         w_aug[:k] = self.params["kernel"].reshape(k, f)  # (kh*kw*C, F)
         if self.use_bias:
-            cols[:, k] = 1
             w_aug[k] = self.params["bias"]
+        # Row blocks (one per pooling offset, or one): (P, N*H'/ph*W'/pw, width)
+        per_example = (ho // ph) * (wo // pw)
+        cols3 = cols.reshape(ph * pw, n * per_example, width)
+        z = np.empty((ph * pw, n * per_example, f), dtype=x.dtype)
+
+        def im2col_and_product(a, b):  # examples a..b: copy their windows, multiply their rows
+            np.copyto(dest[:, :, a:b], win[:, :, a:b])
+            rows = slice(a * per_example, b * per_example)
+            if self.use_bias:
+                cols3[:, rows, k] = 1
+            np.matmul(cols3[:, rows], w_aug, out=z[:, rows])
+
+        parallel.run(im2col_and_product, parallel.chunks(n, ho * wo * (width + f)))
         self._cols = cols
-        z = cols @ w_aug  # (rows, F)
         if self.blocks is None:
             return z.reshape(n, ho, wo, f)  # (N, H', W', F)
-        ph, pw = self.blocks
         return z.reshape(ph * pw, n, ho // ph, wo // pw, f)  # (ph*pw, N, H'/ph, W'/pw, F)
 
     def backward_linear(self, dz):
         f = self.filters
         kernel = self.params["kernel"]
         dz2d = dz.reshape(-1, f)  # (rows, F), in the row order of cols
-        grads = self._cols.T @ dz2d  # (kh*kw*C [+1], F): the sums over rows do not mind their order
+        cols = self._cols
+        width = cols.shape[1]
+        # (kh*kw*C [+1], F): the sums over rows do not mind their order; split by columns of cols
+        grads = np.empty((width, f), dtype=dz.dtype)
+
+        def weight_gradient(a, b):
+            np.matmul(cols[:, a:b].T, dz2d, out=grads[a:b])
+
+        parallel.run(weight_gradient, parallel.chunks(width, cols.shape[0] * 2, align=16))
         k = kernel.size // f
         self.grads["kernel"] = grads[:k].reshape(kernel.shape)  # HWIO
         if self.use_bias:
             self.grads["bias"] = grads[k]
         if not self.needs_input_grad:
             return None
-        if self.blocks is not None:  # back to (N, H', W', F) rows for the scatter
-            ph, pw = self.blocks
-            n, h2, w2 = dz.shape[1:4]
-            dz2d = (dz.reshape(ph, pw, n, h2, w2, f).transpose(2, 3, 0, 4, 1, 5)
-                    .reshape(-1, f))  # (N*H'*W', F)
-        return crop(self._input_gradient(dz2d, kernel), self.pads)
+        return crop(self._input_gradient(dz, kernel), self.pads)
 
-    def _input_gradient(self, dz2d: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        """dX_pad from delta rows (N*H'*W', F): col2im, one kernel offset at a time.
+    def _input_gradient(self, dz: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """dX_pad from delta: col2im, one kernel offset at a time, split by examples.
 
         For each offset (p, q), ``delta @ W[p, q]^T`` is that offset's share of every
         window, (N*H'*W', C), added into the strided slice of dX_pad it came from. Same
@@ -246,16 +257,32 @@ class Conv2D(ActivatedLayer):
         but each product is added while it is still in cache.
         """
         n, hp, wp, c = self._padded_shape
+        f = self.filters
         (kh, kw), (s_h, s_w), (d_h, d_w), (ho, wo) = self.kernel_size, self.stride, self.dilation, self.out_hw
-        kernel_t = self.workspace("kernel_t", (kh, kw, self.filters, c), kernel.dtype)
+        kernel_t = self.workspace("kernel_t", (kh, kw, f, c), kernel.dtype)
         np.copyto(kernel_t, kernel.transpose(0, 1, 3, 2))  # (kh, kw, F, C)
-        share = self.workspace("share", (dz2d.shape[0], c), dz2d.dtype)  # (N*H'*W', C)
-        dxp = self.workspace("dxp", self._padded_shape, dz2d.dtype)
-        dxp.fill(0)
-        for p in range(kh):
-            rows = slice(p * d_h, p * d_h + s_h * (ho - 1) + 1, s_h)
-            for q in range(kw):
-                cols = slice(q * d_w, q * d_w + s_w * (wo - 1) + 1, s_w)
-                np.matmul(dz2d, kernel_t[p, q], out=share)
-                dxp[:, rows, cols, :] += share.reshape(n, ho, wo, c)
+        share = self.workspace("share", (n * ho * wo, c), dz.dtype)  # (N*H'*W', C)
+        dxp = self.workspace("dxp", self._padded_shape, dz.dtype)
+        if self.blocks is not None:  # back to (N, H', W', F) rows for the scatter
+            ph, pw = self.blocks
+            blocked = dz.reshape(ph, pw, n, ho // ph, wo // pw, f)
+            delta = self.workspace("delta_rows", (n, ho // ph, ph, wo // pw, pw, f), dz.dtype)
+        else:
+            delta = dz.reshape(n, ho, wo, f)
+        delta_rows = delta.reshape(n * ho * wo, f)  # (N*H'*W', F)
+        per_example = ho * wo
+
+        def scatter(a, b):  # examples a..b
+            if self.blocks is not None:
+                np.copyto(delta[a:b], blocked[:, :, a:b].transpose(2, 3, 0, 4, 1, 5))
+            dxp[a:b].fill(0)
+            rows = slice(a * per_example, b * per_example)
+            for p in range(kh):
+                hs = slice(p * d_h, p * d_h + s_h * (ho - 1) + 1, s_h)
+                for q in range(kw):
+                    ws = slice(q * d_w, q * d_w + s_w * (wo - 1) + 1, s_w)
+                    np.matmul(delta_rows[rows], kernel_t[p, q], out=share[rows])
+                    dxp[a:b, hs, ws, :] += share[rows].reshape(b - a, ho, wo, c)
+
+        parallel.run(scatter, parallel.chunks(n, per_example * f * kh * kw))
         return dxp

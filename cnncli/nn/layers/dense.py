@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 
-from cnncli.nn import _check
+import numpy as np
+
+from cnncli.nn import _check, parallel
 from cnncli.nn.initializers import INITIALIZERS, initialize
 from cnncli.nn.layers.base import LAYERS, ActivatedLayer, Layer
 
@@ -79,15 +81,28 @@ class Dense(ActivatedLayer):
 
     def forward_linear(self, x, training):
         self._x = x  # (N, D)
-        z = x @ self.params["kernel"]  # (N, U)
-        if self.use_bias:
-            z += self.params["bias"]
+        kernel = self.params["kernel"]
+        z = np.empty((x.shape[0], self.units), dtype=kernel.dtype)  # (N, U)
+
+        def product(a, b):  # output units a..b: each thread reads its own columns of W
+            np.matmul(x, kernel[:, a:b], out=z[:, a:b])
+            if self.use_bias:
+                z[:, a:b] += self.params["bias"][a:b]
+
+        parallel.run(product, parallel.chunks(self.units, x.shape[0] * x.shape[1]))
         return z
 
     def backward_linear(self, dz):
-        self.grads["kernel"] = self._x.T @ dz  # (D, U)
+        x, kernel = self._x, self.params["kernel"]
+        grad = self.grads["kernel"] = np.empty(kernel.shape, dtype=dz.dtype)  # (D, U)
+        dx = np.empty(x.shape, dtype=dz.dtype) if self.needs_input_grad else None  # (N, D)
+
+        def products(a, b):  # input features a..b: rows a..b of dW, columns a..b of dX
+            np.matmul(x[:, a:b].T, dz, out=grad[a:b])
+            if dx is not None:
+                np.matmul(dz, kernel[a:b].T, out=dx[:, a:b])
+
+        parallel.run(products, parallel.chunks(kernel.shape[0], 2 * dz.size))
         if self.use_bias:
             self.grads["bias"] = dz.sum(axis=0)
-        if not self.needs_input_grad:
-            return None
-        return dz @ self.params["kernel"].T  # (N, D)
+        return dx

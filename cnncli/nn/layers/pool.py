@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.nn import _check
+from cnncli.nn import _check, parallel
 from cnncli.nn.layers.base import LAYERS, Layer
 from cnncli.nn.layers.conv import crop, output_size, pad_input, parse_padding, resolve_padding
 
@@ -128,28 +128,45 @@ class MaxPool2D(_Pool2D):
 
     def _forward_blocked(self, x):
         """x: (P, N, H', W', C), one block per window offset -> (N, H', W', C)."""
-        out = x[0].copy()
-        winner = np.zeros(out.shape, dtype=np.uint8)
-        for k in range(1, x.shape[0]):
-            better = x[k] > out
-            step = np.subtract(np.uint8(k), winner, dtype=np.uint8)
-            step *= better
-            winner += step
-            np.maximum(out, x[k], out=out)
+        out = np.empty(x.shape[1:], dtype=x.dtype)
+        winner = np.empty(x.shape[1:], dtype=np.uint8)
+        post = self.post_activation
+
+        def pool(a, b):  # examples a..b
+            best, won = out[a:b], winner[a:b]
+            np.copyto(best, x[0, a:b])
+            won.fill(0)
+            for k in range(1, x.shape[0]):
+                block = x[k, a:b]
+                better = block > best
+                step = np.subtract(np.uint8(k), won, dtype=np.uint8)
+                step *= better
+                won += step
+                np.maximum(best, block, out=best)
+            if post is not None:
+                best[...] = post.forward(best)
+
+        parallel.run(pool, parallel.chunks(x.shape[1], x[:, 0].size))
         self._blocked_shape, self._winner = x.shape, winner
-        if self.post_activation is not None:
-            out = self.post_activation.forward(out)
+        if post is not None:
             self._out = out
         return out
 
     def backward(self, dy):
-        if self.post_activation is not None:
-            dy = self.post_activation.backward(self._out, dy)  # dL/d(max z)
+        post = self.post_activation
         if self.blocked_input:
             dx = self.workspace("dx_blocked", self._blocked_shape, dy.dtype)  # (P, N, H', W', C)
-            for k in range(self._blocked_shape[0]):
-                np.multiply(dy, self._winner == k, out=dx[k])
+
+            def route(a, b):  # examples a..b
+                d = dy[a:b] if post is None else post.backward(self._out[a:b], dy[a:b])  # dL/d(max z)
+                won = self._winner[a:b]
+                for k in range(self._blocked_shape[0]):
+                    np.multiply(d, won == k, out=dx[k, a:b])
+
+            parallel.run(route, parallel.chunks(dy.shape[0], dx[:, 0].size))
             return dx
+        if post is not None:
+            dy = post.backward(self._out, dy)  # dL/d(max z)
         overlapping = self.stride[0] < self.pool_size[0] or self.stride[1] < self.pool_size[1]
         dxp = self.workspace("dxp", self._padded_shape, dy.dtype)
         (ho, wo), (sh, sw) = self.out_hw, self.stride
