@@ -45,10 +45,13 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
 HERE = os.path.abspath(__file__)
+# Measure the engine of this checkout, installed or not.
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 INPUT_SHAPE = (28, 28, 3)
 ARCHITECTURE = [
     {"type": "conv2d", "filters": 64, "kernel_size": 5, "activation": "tanh"},
@@ -302,8 +305,15 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
         return wrapper
 
     def sub(fn, label):
-        """Time a call made inside a phase; recorded as '<phase> / label'."""
+        """Time a call made inside a phase; recorded as '<phase> / label'.
+
+        The engine's pool threads make the same calls on their share of the rows at the
+        same time; only the calling (main) thread's calls are counted, so that a row is
+        the wall time of that part, not the sum over threads.
+        """
         def wrapper(*a, **k):
+            if threading.current_thread() is not threading.main_thread():
+                return fn(*a, **k)
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
@@ -422,6 +432,13 @@ def worker_main(kind: str, threads: int, max_load: float) -> None:
     if kind.startswith("torch"):
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+    else:
+        try:
+            from cnncli.nn import parallel
+
+            info["engine_threads"] = parallel.threads()
+        except ImportError:  # an engine from before its own threads
+            info["engine_threads"] = None
     backend = None
     meter = LoadMeter(max_load)
 
@@ -442,7 +459,7 @@ def worker_main(kind: str, threads: int, max_load: float) -> None:
             loss0 = backend.train_once()  # first step: the loss of the initial weights
             _warm(backend.train_once)
             _warm(backend.infer_once)
-            return {"loss0": loss0, "flops": flops}
+            return {"loss0": loss0, "flops": flops, "engine_threads": info.get("engine_threads")}
         if op in ("train", "infer"):
             fn = backend.train_once if op == "train" else backend.infer_once
             times, load = meter.guarded(lambda: _time_block(fn, msg["n"]), msg["retries"])
@@ -722,7 +739,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             results[(batch, dtype)] = res = run_config(batch, dtype, backends, args, env)
             losses = ", ".join(f"{LABELS[b]} {res['setup'][b]['loss0']:.6g}" for b in backends)
-            print(f"[batch {batch} {dtype}: {time.perf_counter() - t0:.0f} s; step-0 loss {losses}]",
+            print(f"[batch {batch} {dtype}: {time.perf_counter() - t0:.0f} s; step-0 loss {losses}; "
+                  f"cnncli engine threads {res['setup']['cnncli'].get('engine_threads')}]",
                   file=sys.stderr, flush=True)
             base = res["setup"]["cnncli"]["loss0"]
             for b in backends[1:]:
@@ -734,6 +752,8 @@ def main(argv=None) -> int:
     print(f"FLOPs per example (from Layer.forward_flops): forward {flops['forward'] / 1e6:.2f} M "
           f"(per layer {[round(f / 1e6, 3) for f in flops['per_layer_forward']]} M); "
           f"training step = forward + 2 x conv/dense forward - first conv's dX = {flops['step'] / 1e6:.2f} M")
+    engine_threads = sorted({res["setup"]["cnncli"].get("engine_threads") for res in results.values()}, key=str)
+    print(f"cnncli engine threads (cnncli.nn.parallel.threads()): {', '.join(map(str, engine_threads))}")
     print()
     print("## Training step (forward + backward + SGD update)")
     print()

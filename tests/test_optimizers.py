@@ -225,6 +225,18 @@ def test_gradient_norm_and_precomputed_norm():
     assert all(np.array_equal(pa[k], pb[k]) for k in pa)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_norm_summed_during_the_update_is_the_gradient_norm(name):
+    """Without clipping or weight decay, step() sums the squares in its update pass."""
+    grads = make_grads(1, seed=3)[0]
+    opt = make_optimizer({"name": name})
+    opt.step(make_params(), copy(grads))
+    assert opt.last_grad_norm == pytest.approx(Optimizer.gradient_norm(grads), rel=1e-14)
+    bad = dict(grads, bias=np.array([1.0, np.nan, 0.0, 0.0]))
+    opt.step(make_params(), bad)
+    assert math.isnan(opt.last_grad_norm)
+
+
 def test_step_does_not_modify_the_gradients_and_updates_in_place():
     for name in ALL:
         opt = make_optimizer({"name": name, "weight_decay": 0.1, "clip_norm": 0.5})

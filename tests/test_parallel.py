@@ -225,6 +225,8 @@ def test_every_layer_of_figure2_and_the_optimizer_split_their_work(monkeypatch):
     recorder = _Recorder(monkeypatch)
     with engine_threads(2, 0):
         _figure2_step("float64", steps=1)
+        net = Network(FIGURE2).build((28, 28, 3), seed=0)
+        make_optimizer("sgd").gradient_norm(net.parameters())
     assert set(recorder.split) >= {
         "Conv2D.forward_linear", "Conv2D.backward_linear", "Conv2D._input_gradient",
         "MaxPool2D._forward_blocked", "MaxPool2D.backward", "Dense.forward_linear", "Dense.backward_linear",

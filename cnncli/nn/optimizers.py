@@ -154,6 +154,23 @@ def make_schedule(spec: object, path: str = "schedule") -> Schedule:
 
 
 # -------------------------------------------------------------------------- optimizers
+def _sum_of_squares(flat: list[np.ndarray], a: int, b: int) -> float:
+    """Sum of squares of elements a..b of the 1-D arrays ``flat`` laid end to end."""
+    total, offset = 0.0, 0
+    for g in flat:
+        lo, hi = max(a - offset, 0), min(b - offset, g.size)
+        if lo < hi:
+            total += float(np.vdot(g[lo:hi], g[lo:hi]))
+        offset += g.size
+    return total
+
+
+def _norm(sum_of_squares: float) -> float:
+    """sqrt, keeping inf and nan as they are."""
+    finite = sum_of_squares == sum_of_squares and sum_of_squares != math.inf
+    return math.sqrt(sum_of_squares) if finite else sum_of_squares
+
+
 class Optimizer:
     """Base class. ``step(params, grads)`` updates ``params`` in place.
 
@@ -195,48 +212,52 @@ class Optimizer:
         the caller has computed it already (the training loop checks it is finite).
 
         Every update rule is elementwise, so the engine's threads each update one
-        contiguous stretch of all the parameters laid end to end.
+        contiguous stretch of all the parameters laid end to end. Without clipping or
+        weight decay nothing depends on the gradient norm before the update, so each
+        thread also sums the squares of its stretch (``last_grad_norm``) in the same pass.
         """
         eta = self.current_lr()
-        grads = self._preprocess(params, grads, grad_norm)
-        flat = []
+        entries = []
         for key, w in params.items():
             slots = self.state.get(key)
             if slots is None:
                 slots = self.state[key] = {s: np.zeros_like(w) for s in self.slots}
-            arrays = (w, grads[key], *slots.values())
-            if all(a.flags.c_contiguous for a in arrays):
-                flat.append((w.reshape(-1), grads[key].reshape(-1), list(slots), [a.reshape(-1) for a in slots.values()]))
-            else:  # views we cannot flatten in place: update whole, here
-                self._update(w, grads[key], slots, eta)
+            entries.append((key, w, slots))
+        contiguous = all(a.flags.c_contiguous for key, w, slots in entries
+                         for a in (w, grads[key], *slots.values()))
+        norm_in_update = (contiguous and grad_norm is None and self.clip_norm is None
+                          and self.weight_decay == 0.0)
+        if not norm_in_update:
+            grads = self._preprocess(params, grads, grad_norm)
+        flat = []
+        for key, w, slots in entries:
+            g = grads[key]
+            if contiguous:
+                flat.append((w.reshape(-1), g.reshape(-1), list(slots), [a.reshape(-1) for a in slots.values()]))
+            else:  # views that cannot be flattened in place: one whole update each, here
+                self._update(w, g, slots, eta)
 
         def update(a, b):  # elements a..b of the parameters laid end to end
+            squares = _sum_of_squares([g for _, g, *_ in flat], a, b) if norm_in_update else 0.0
             offset = 0
             for w, g, names, slot_arrays in flat:
                 lo, hi = max(a - offset, 0), min(b - offset, w.size)
                 if lo < hi:
                     self._update(w[lo:hi], g[lo:hi], {n: s[lo:hi] for n, s in zip(names, slot_arrays)}, eta)
                 offset += w.size
+            return squares
 
-        parallel.run(update, parallel.chunks(sum(w.size for w, *_ in flat), 1 + len(self.slots)))
+        squares = parallel.run(update, parallel.chunks(sum(w.size for w, *_ in flat), 2 + len(self.slots)))
+        if norm_in_update:
+            self.last_grad_norm = _norm(sum(squares))
         self.t += 1
 
     @staticmethod
     def gradient_norm(grads: dict[str, np.ndarray]) -> float:
         """Global L2 norm over every gradient (inf or nan if any entry is)."""
         flat = [g.reshape(-1) for g in grads.values()]
-
-        def squares(a, b):
-            total, offset = 0.0, 0
-            for g in flat:
-                lo, hi = max(a - offset, 0), min(b - offset, g.size)
-                if lo < hi:
-                    total += float(np.vdot(g[lo:hi], g[lo:hi]))
-                offset += g.size
-            return total
-
-        norm_sq = sum(parallel.run(squares, parallel.chunks(sum(g.size for g in flat))))
-        return math.sqrt(norm_sq) if norm_sq == norm_sq and norm_sq != math.inf else norm_sq
+        parts = parallel.run(lambda a, b: _sum_of_squares(flat, a, b), parallel.chunks(sum(g.size for g in flat)))
+        return _norm(sum(parts))
 
     def _preprocess(self, params, grads, grad_norm=None):
         self.last_grad_norm = self.gradient_norm(grads) if grad_norm is None else grad_norm

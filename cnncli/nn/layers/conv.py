@@ -233,13 +233,25 @@ class Conv2D(ActivatedLayer):
         dz2d = dz.reshape(-1, f)  # (rows, F), in the row order of cols
         cols = self._cols
         width = cols.shape[1]
-        # (kh*kw*C [+1], F): the sums over rows do not mind their order; split by columns of cols
+        # (kh*kw*C [+1], F): the sums over rows do not mind their order
         grads = np.empty((width, f), dtype=dz.dtype)
+        if width >= 128:  # each thread: its own rows of dW (its columns of cols)
+            def weight_gradient(a, b):
+                np.matmul(cols[:, a:b].T, dz2d, out=grads[a:b])
 
-        def weight_gradient(a, b):
-            np.matmul(cols[:, a:b].T, dz2d, out=grads[a:b])
+            parallel.run(weight_gradient, parallel.chunks(width, cols.shape[0] * 2, align=16))
+        else:  # too few columns to share out evenly: each thread sums over its rows of cols
+            ranges = parallel.chunks(cols.shape[0], width * 2)
+            partial = self.workspace("dw_partial", (len(ranges) - 1, width, f), dz.dtype)
+            first = {a: i for i, (a, _) in enumerate(ranges)}
 
-        parallel.run(weight_gradient, parallel.chunks(width, cols.shape[0] * 2, align=16))
+            def weight_gradient(a, b):
+                i = first[a]
+                np.matmul(cols[a:b].T, dz2d[a:b], out=grads if i == 0 else partial[i - 1])
+
+            parallel.run(weight_gradient, ranges)
+            for extra in partial:
+                grads += extra
         k = kernel.size // f
         self.grads["kernel"] = grads[:k].reshape(kernel.shape)  # HWIO
         if self.use_bias:
