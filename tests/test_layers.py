@@ -321,15 +321,17 @@ def _pool_pads(cfg, shape):
     return k, s, naive.explicit_pads(cfg["padding"], shape[:2], k, s)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
 @pytest.mark.parametrize("cfg", NAIVE_POOL, ids=NAIVE_POOL_IDS)
-def test_max_pool2d_matches_naive_loops(cfg, ties, rng, build64):
+def test_max_pool2d_matches_naive_loops(cfg, ties, training, rng, build64):
+    """``training=False`` skips recording the winners; a backward pass then records them."""
     shape = (7, 6, 2)
     layer = build64(MaxPool2D(**cfg), shape)
     # with ties: small integers, so most windows hold several equal maxima
     x = rng.integers(0, 3, (2,) + shape).astype(float) if ties else rng.standard_normal((2,) + shape)
     k, s, pads = _pool_pads(cfg, shape)
-    y = layer.forward(x, True)
+    y = layer.forward(x, training)
     dy = rng.standard_normal(y.shape)
     y_ref, dx_ref = naive.max_pool_forward_backward(x, dy, k, s, pads)
     assert y.shape == y_ref.shape

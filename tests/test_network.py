@@ -4,6 +4,7 @@ checks of a whole network, seeds and dtypes, state, shape errors, overfitting, s
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -212,6 +213,38 @@ def test_flatten_order_is_hwc():
         for w in range(3):
             for c in range(4):
                 assert out[0, (h * 3 + w) * 4 + c] == x[0, h, w, c]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", None])
+def test_fused_conv_pooling_equals_the_layers_as_written(activation, training):
+    """Rows blocked by pooling offset and the activation after pooling compute what the
+    layers as written compute, ties included (relu makes many), forward and backward."""
+    rng = np.random.default_rng(5)
+    net = Network([
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": activation},   # 10x10 -> 8x8
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 3, "kernel_size": 2, "padding": "same", "activation": activation},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 2},
+    ]).build((10, 10, 2), seed=0, dtype="float64")
+    assert net.layers[0].blocks == (2, 2) and net.layers[1].blocked_input
+    for v in net.parameters().values():  # small integers everywhere: many equal maxima
+        v[...] = rng.integers(-1, 2, v.shape)
+    x = rng.integers(0, 3, (5, 10, 10, 2)).astype(float)
+    dy = rng.standard_normal((5, 2))
+    results = []
+    for fused in (True, False):
+        with contextlib.nullcontext() if fused else net.unfused():
+            y = net.forward(x, training)
+            dx = net.backward(dy, input_grad=True)
+            results.append((y, dx, {k: g.copy() for k, g in net.gradients().items()}))
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-12, atol=1e-12)
+    for key in g1:
+        np.testing.assert_allclose(g1[key], g2[key], rtol=1e-12, atol=1e-12, err_msg=key)
 
 
 # ----------------------------------------------------------- c. whole-network gradient check

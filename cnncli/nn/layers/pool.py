@@ -86,7 +86,8 @@ class MaxPool2D(_Pool2D):
 
     The forward pass records, for every output, which window offset won (a uint8
     index; a later offset wins only when strictly greater, hence the tie rule), so the
-    backward pass is one masked copy per offset.
+    backward pass is one masked copy per offset. Inference (``training=False``) takes
+    the maximum only; a backward pass after it records the winners then.
 
     When the layer before has a monotonic activation ``g`` (tanh, sigmoid, relu, ...),
     the network lets this layer apply it after pooling: ``max g(z) = g(max z)`` for a
@@ -104,44 +105,49 @@ class MaxPool2D(_Pool2D):
         self.blocked_input = False
 
     def forward(self, x, training=False):
+        self._input, self._winner_known = x, training
         if self.blocked_input:
-            return self._forward_blocked(x)
+            return self._forward_blocked(x, training)
         xp = pad_input(x, self.pads, -np.inf)  # (N, Hp, Wp, C)
         out = winner = None
         for k, (_, _, rows, cols) in enumerate(self._offsets()):
             view = xp[:, rows, cols, :]  # (N, H', W', C)
             if out is None:
                 out = view.copy()
-                winner = np.zeros(out.shape, dtype=np.uint8)
-            else:
+                winner = np.zeros(out.shape, dtype=np.uint8) if training else None
+                continue
+            if training:
                 better = view > out
                 # winner = k where better: uint8 arithmetic (mod 256) beats masked assignment
                 step = np.subtract(np.uint8(k), winner, dtype=np.uint8)
                 step *= better
                 winner += step
-                np.maximum(out, view, out=out)  # like copyto(where=better), but NaN propagates
+            np.maximum(out, view, out=out)  # like copyto(where=better), but NaN propagates
         self._padded_shape, self._winner = xp.shape, winner
         if self.post_activation is not None:
             out = self.post_activation.forward(out)
             self._out = out
         return out
 
-    def _forward_blocked(self, x):
+    def _forward_blocked(self, x, training):
         """x: (P, N, H', W', C), one block per window offset -> (N, H', W', C)."""
         out = np.empty(x.shape[1:], dtype=x.dtype)
-        winner = np.empty(x.shape[1:], dtype=np.uint8)
+        winner = np.empty(x.shape[1:], dtype=np.uint8) if training else None
         post = self.post_activation
 
         def pool(a, b):  # examples a..b
-            best, won = out[a:b], winner[a:b]
+            best = out[a:b]
             np.copyto(best, x[0, a:b])
-            won.fill(0)
+            if training:
+                won = winner[a:b]
+                won.fill(0)
             for k in range(1, x.shape[0]):
                 block = x[k, a:b]
-                better = block > best
-                step = np.subtract(np.uint8(k), won, dtype=np.uint8)
-                step *= better
-                won += step
+                if training:
+                    better = block > best
+                    step = np.subtract(np.uint8(k), won, dtype=np.uint8)
+                    step *= better
+                    won += step
                 np.maximum(best, block, out=best)
             if post is not None:
                 best[...] = post.forward(best)
@@ -153,6 +159,8 @@ class MaxPool2D(_Pool2D):
         return out
 
     def backward(self, dy):
+        if not self._winner_known:  # the forward pass was inference: record the winners now
+            self.forward(self._input, training=True)
         post = self.post_activation
         if self.blocked_input:
             dx = self.workspace("dx_blocked", self._blocked_shape, dy.dtype)  # (P, N, H', W', C)
