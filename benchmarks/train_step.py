@@ -50,8 +50,8 @@ import time
 import traceback
 
 HERE = os.path.abspath(__file__)
-# Measure the engine of this checkout, installed or not.
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+#: The checkout this script belongs to: its engine is measured unless --engine names another.
+REPO = os.path.dirname(os.path.dirname(HERE))
 INPUT_SHAPE = (28, 28, 3)
 ARCHITECTURE = [
     {"type": "conv2d", "filters": 64, "kernel_size": 5, "activation": "tanh"},
@@ -342,7 +342,7 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
     patched += [(loss, "value_and_grad"), (opt, "step"), (opt, "_preprocess")]
     top += ["loss value and gradient", "optimizer step (SGD)"]
     for layer in net.layers:  # the input gradient's per-offset products and slice-adds
-        if isinstance(layer, Conv2D):
+        if isinstance(layer, Conv2D) and hasattr(layer, "_input_gradient"):  # not in older engines
             layer._input_gradient = sub(layer._input_gradient, "dX (per-offset products + col2im adds)")
             patched.append((layer, "_input_gradient"))
 
@@ -483,7 +483,7 @@ class Worker:
     def __init__(self, kind: str, args, env: dict):
         self.kind = kind
         self.proc = subprocess.Popen([sys.executable, HERE, "--worker", kind, "--threads", str(args.threads),
-                                      "--max-load", str(args.max_load)],
+                                      "--max-load", str(args.max_load), "--engine", args.engine],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def call(self, **msg):
@@ -672,6 +672,9 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="time cnncli only")
     p.add_argument("--json", metavar="PATH", help="also write every timing to this JSON file")
     p.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    p.add_argument("--engine", default=REPO, metavar="DIR",
+                   help="a checkout whose cnncli engine to measure, e.g. a git worktree of an older "
+                        "commit (default: the checkout this script is in)")
     args = p.parse_args(argv)
     if args.quick:
         args.batch = args.batch or [32]
@@ -692,6 +695,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     for var in THREAD_VARS:  # before any NumPy import, here and in the workers
         os.environ[var] = str(args.threads)
+    args.engine = os.path.abspath(args.engine)
+    if not os.path.isdir(os.path.join(args.engine, "cnncli", "nn")):
+        p.error(f"--engine {args.engine}: no cnncli/nn there")
+    sys.path.insert(0, args.engine)  # before anything imports cnncli
     if args.worker:
         worker_main(args.worker, args.threads, args.max_load)
         return 0
@@ -753,7 +760,8 @@ def main(argv=None) -> int:
           f"(per layer {[round(f / 1e6, 3) for f in flops['per_layer_forward']]} M); "
           f"training step = forward + 2 x conv/dense forward - first conv's dX = {flops['step'] / 1e6:.2f} M")
     engine_threads = sorted({res["setup"]["cnncli"].get("engine_threads") for res in results.values()}, key=str)
-    print(f"cnncli engine threads (cnncli.nn.parallel.threads()): {', '.join(map(str, engine_threads))}")
+    print("cnncli engine threads (cnncli.nn.parallel.threads()): "
+          + ", ".join("none (an engine from before its own threads)" if t is None else str(t) for t in engine_threads))
     print()
     print("## Training step (forward + backward + SGD update)")
     print()
