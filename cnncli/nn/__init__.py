@@ -10,10 +10,11 @@ from cnncli.nn.layers import (LAYERS, ActivationLayer, AvgPool2D, BatchNorm, Con
 from cnncli.nn.losses import LOSSES, Loss, make_loss
 from cnncli.nn.network import Network
 from cnncli.nn.optimizers import OPTIMIZERS, SCHEDULES, Optimizer, make_optimizer, make_schedule
+from cnncli.nn.parallel import set_threads, threads
 
 __all__ = [
     "ACTIVATIONS", "Activation", "make_activation", "INITIALIZERS", "LAYERS", "Layer", "ActivationLayer",
     "Conv2D", "Dense", "Flatten", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Dropout", "BatchNorm",
     "LOSSES", "Loss", "make_loss", "Network", "OPTIMIZERS", "SCHEDULES", "Optimizer", "make_optimizer",
-    "make_schedule",
+    "make_schedule", "set_threads", "threads",
 ]

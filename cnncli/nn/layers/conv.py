@@ -212,7 +212,10 @@ class Conv2D(ActivatedLayer):
         # Row blocks (one per pooling offset, or one): (P, N*H'/ph*W'/pw, width)
         per_example = (ho // ph) * (wo // pw)
         cols3 = cols.reshape(ph * pw, n * per_example, width)
-        z = np.empty((ph * pw, n * per_example, f), dtype=x.dtype)
+        if self.blocks is None:  # the output may leave the network: a new array
+            z = np.empty((ph * pw, n * per_example, f), dtype=x.dtype)
+        else:  # only the max-pool after this layer reads it, within the same step
+            z = self.workspace("z_blocked", (ph * pw, n * per_example, f), x.dtype)
 
         def im2col_and_product(a, b):  # examples a..b: copy their windows, multiply their rows
             np.copyto(dest[:, :, a:b], win[:, :, a:b])
