@@ -136,6 +136,30 @@ def test_threads_are_pinned_to_distinct_cpus_when_they_use_every_cpu():
             assert os.sched_getaffinity(0) == set(cpus)
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+def test_a_second_caller_at_the_same_time_is_not_pinned():
+    cpus = set(os.sched_getaffinity(0))
+    inside, leave = threading.Event(), threading.Event()
+    seen = {}
+
+    def first_caller():
+        with parallel.engine():
+            seen["first"] = os.sched_getaffinity(0)
+            inside.set()
+            leave.wait(timeout=60)
+
+    with engine_threads(len(cpus), 0):
+        other = threading.Thread(target=first_caller)
+        other.start()
+        assert inside.wait(timeout=60)
+        with parallel.engine():
+            seen["second"] = os.sched_getaffinity(0)
+        leave.set()
+        other.join(timeout=60)
+    assert len(seen["first"]) == 1 and seen["second"] == cpus
+
+
 def _forward_in_child(queue):
     net = Network(FIGURE2[:2] + [{"type": "flatten"}, {"type": "dense", "units": 3}]).build((12, 12, 3), seed=0)
     x = np.random.default_rng(0).standard_normal((8, 12, 12, 3)).astype(np.float32)
@@ -182,6 +206,14 @@ def test_cnncli_threads_environment_variable(monkeypatch):
 def test_cli_refuses_a_bad_cnncli_threads_in_one_line(monkeypatch):
     monkeypatch.setenv("CNNCLI_THREADS", "0")
     assert_user_error(invoke("summary", "configs/quickstart.yaml"), "CNNCLI_THREADS", "positive integer")
+
+
+def test_set_threads_is_part_of_the_engine_api():
+    import cnncli.nn
+
+    with engine_threads(1):
+        cnncli.nn.set_threads(2)
+        assert cnncli.nn.threads() == parallel.threads() == 2
 
 
 def test_default_follows_blas_and_the_cpus(monkeypatch):

@@ -38,7 +38,8 @@ from typing import Callable, Iterator
 from cnncli.errors import ConfigError
 
 #: A chunk smaller than this many elements of work is not worth a thread hand-off
-#: (about 20 microseconds); tests set it to 0 to exercise the split paths on tiny arrays.
+#: (60-150 microseconds on a 2-core VM: waking the pool's thread dominates); tests set it
+#: to 0 to exercise the split paths on tiny arrays.
 MIN_CHUNK_WORK = 1 << 17
 
 _lock = threading.Lock()
@@ -147,19 +148,20 @@ def engine() -> Iterator[None]:
     if threads() == 1 or getattr(_local, "worker", False):
         yield
         return
+    saved_affinity = None
     with _lock:
         if _depth == 0:
             _saved_blas = [lib.num_threads for lib in _blas_controllers()]
             for lib in _blas:
                 lib.set_num_threads(1)
+            # Pinned only when no other thread is inside engine(): two callers at once
+            # (threads of a Dask worker) must not both be put on the first CPU.
+            cpus = _pinned_cpus()
+            if cpus is not None and not getattr(_local, "pinned", False):
+                saved_affinity = os.sched_getaffinity(0)
+                os.sched_setaffinity(0, {cpus[0]})
+                _local.pinned = True
         _depth += 1
-    saved_affinity = None
-    if not getattr(_local, "pinned", False):
-        cpus = _pinned_cpus()
-        if cpus is not None:
-            saved_affinity = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {cpus[0]})
-            _local.pinned = True
     try:
         yield
     finally:
