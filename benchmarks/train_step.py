@@ -557,6 +557,30 @@ def median(xs):
     return statistics.median(xs)
 
 
+def target_lines(results) -> list[str]:
+    """The speed targets of issues 2 and 7, each with its ratio in this run (MET / NOT MET)."""
+    def ratio(key, mode, other):
+        times = results[key]["times"]
+        return median(times[("cnncli", mode)]) / median(times[(other, mode)])
+
+    checks = []
+    if (32, "float32") in results:
+        checks.append(("issue 2: float32 training, batch 32, <= 1.4x torch NCHW",
+                       ratio((32, "float32"), "train", "torch_nchw"), 1.4))
+    for (batch, dtype) in sorted(results):
+        if dtype == "float32":
+            checks.append((f"issue 7: float32 training, batch {batch}, <= 1.0x torch NCHW",
+                           ratio((batch, dtype), "train", "torch_nchw"), 1.0))
+            checks.append((f"issue 7: float32 training, batch {batch}, <= 1.2x torch channels_last",
+                           ratio((batch, dtype), "train", "torch_cl"), 1.2))
+        else:
+            checks.append((f"issue 7: {dtype} training, batch {batch}, <= 1.0x torch (NCHW)",
+                           ratio((batch, dtype), "train", "torch_nchw"), 1.0))
+        checks.append((f"issue 7: {dtype} inference, batch {batch}, <= 1.0x torch NCHW",
+                       ratio((batch, dtype), "infer", "torch_nchw"), 1.0))
+    return [f"- {what}: {'MET' if r <= limit else 'NOT MET'} (ratio {r:.2f})" for what, r, limit in checks]
+
+
 def run_config(batch, dtype, backends, args, env) -> dict:
     workers = {b: Worker(b, args, env) for b in backends}
     try:
@@ -782,12 +806,11 @@ def main(argv=None) -> int:
     print()
     print("\n".join(spread_table(results, backends)))
     print()
-    if have_torch and (32, "float32") in results:
-        res = results[(32, "float32")]
-        ratio = median(res["times"][("cnncli", "train")]) / median(res["times"][("torch_nchw", "train")])
-        verdict = "MET" if ratio <= 1.4 else "NOT MET"
-        print(f"Target (cnncli float32 training step at batch 32 <= 1.4x torch NCHW): {verdict} "
-              f"(ratio {ratio:.2f})")
+    if have_torch:
+        print("## Targets")
+        print()
+        for line in target_lines(results):
+            print(line)
         print()
 
     profiles = {}
