@@ -11,27 +11,13 @@ import numpy as np
 import pytest
 
 from engine_modes import serial_and_split
+from networks import figure2
 from cnncli.errors import CheckpointError, CnnCliError, ConfigError, ShapeError
 from cnncli.nn import Conv2D, Dense, Flatten, MaxPool2D, Network, make_loss, make_optimizer
 from cnncli.nn.gradcheck import numerical_gradient, relative_error, sample_indices
 
 # Every test twice: serially and with the work split over the engine's threads.
 engine_mode = serial_and_split()
-
-
-def figure2(classes=1, channels=3):
-    """Figure 2 of the paper; ``classes`` > 1 ends in a softmax instead of one sigmoid."""
-    last = ({"type": "dense", "units": 1, "activation": "sigmoid"} if classes == 1 else
-            {"type": "dense", "units": classes, "activation": "softmax"})
-    return [
-        {"type": "conv2d", "filters": 64, "kernel_size": 5, "activation": "tanh"},
-        {"type": "max_pool2d", "pool_size": 2},
-        {"type": "conv2d", "filters": 128, "kernel_size": 5, "activation": "tanh"},
-        {"type": "max_pool2d", "pool_size": 2},
-        {"type": "flatten"},
-        {"type": "dense", "units": 500, "activation": "tanh"},
-        last,
-    ]
 
 
 # ------------------------------------------------------------------------ a. Table 5

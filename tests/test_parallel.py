@@ -15,19 +15,12 @@ import numpy as np
 import pytest
 
 from engine_modes import engine_threads
+from networks import figure2
 from cnncli.errors import ConfigError
 from cnncli.nn import Network, make_loss, make_optimizer, parallel
 from helpers import invoke, assert_user_error
 
-FIGURE2 = [
-    {"type": "conv2d", "filters": 64, "kernel_size": 5, "activation": "tanh"},
-    {"type": "max_pool2d", "pool_size": 2},
-    {"type": "conv2d", "filters": 128, "kernel_size": 5, "activation": "tanh"},
-    {"type": "max_pool2d", "pool_size": 2},
-    {"type": "flatten"},
-    {"type": "dense", "units": 500, "activation": "tanh"},
-    {"type": "dense", "units": 1, "activation": "sigmoid"},
-]
+FIGURE2 = figure2()
 
 
 # ------------------------------------------------------------------------------ chunks
