@@ -265,12 +265,13 @@ def run_trial(index: int, values: dict, target: str | None, threads: int | None 
 
 
 def _limit_threads(threads: int) -> None:
-    try:
-        from threadpoolctl import threadpool_limits
+    """BLAS and the engine both use ``threads`` threads in this worker."""
+    from threadpoolctl import threadpool_limits
 
-        threadpool_limits(threads)
-    except ImportError:
-        pass
+    from cnncli.nn import parallel
+
+    threadpool_limits(threads)
+    parallel.set_threads(threads)
 
 
 def _trial_metrics(history) -> dict:

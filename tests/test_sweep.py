@@ -296,9 +296,10 @@ def test_parallel_sweep_writes_results_leaderboard_and_best(parallel_sweep):
         assert config["optimizer"]["name"] == r["optimizer.name"]
         assert config["optimizer"]["lr"] == float(r["optimizer.lr"])
         assert config["model"]["input_shape"] == [8, 8, 3] and config["data"]["num_samples"] == 240
-        # each worker had cores // jobs BLAS threads: no oversubscription
+        # each worker had cores // jobs threads, BLAS's and the engine's: no oversubscription
         env = json.loads((run / "env.json").read_text())
         assert env["env"]["OPENBLAS_NUM_THREADS"] == str(sweeps.threads_per_worker(2))
+        assert env["engine_threads"] == sweeps.threads_per_worker(2)
 
     best_score = max(float(r["best_val_accuracy"]) for r in rows)
     target = best_target(folder)
