@@ -94,23 +94,51 @@ def _blas_threads():
     return [lib.num_threads for lib in parallel._blas_controllers()]
 
 
+def _split():
+    """One operation split in two, as a layer's would be."""
+    parallel.run(lambda a, b: None, [(0, 1), (1, 2)])
+
+
 @pytest.mark.skipif(not parallel._blas_controllers(), reason="threadpoolctl finds no BLAS library here")
-def test_engine_keeps_blas_single_threaded_and_restores_it():
+def test_a_split_operation_holds_blas_at_one_thread_until_the_call_ends():
     before = _blas_threads()
     with engine_threads(2):
         with parallel.engine():
+            assert _blas_threads() == before  # nothing split yet: BLAS keeps its threads
+            _split()
             assert _blas_threads() == [1] * len(before)
             with parallel.engine():  # re-entrant
-                assert _blas_threads() == [1] * len(before)
+                _split()
             assert _blas_threads() == [1] * len(before)
+        assert _blas_threads() == before
+        _split()  # outside any scope: a scope of its own
         assert _blas_threads() == before
         with pytest.raises(RuntimeError):
             with parallel.engine():
+                _split()
                 raise RuntimeError("a failing layer")
         assert _blas_threads() == before
-    with engine_threads(1):  # one thread: BLAS keeps its own threads
+    with engine_threads(1):  # one thread: nothing is split, BLAS keeps its own threads
         with parallel.engine():
+            parallel.run(lambda a, b: None, [(0, 1), (1, 2)])
             assert _blas_threads() == before
+
+
+@pytest.mark.skipif(not parallel._blas_controllers(), reason="threadpoolctl finds no BLAS library here")
+def test_a_small_network_leaves_blas_threading_alone():
+    seen = []
+    net = Network([{"type": "conv2d", "filters": 2, "kernel_size": 3}, {"type": "flatten"},
+                   {"type": "dense", "units": 2}]).build((6, 6, 1), seed=0)
+    original = net.layers[2].forward_linear
+
+    def spy(x, training):
+        seen.append(_blas_threads())
+        return original(x, training)
+
+    net.layers[2].forward_linear = spy
+    with engine_threads(2):
+        net.forward(np.zeros((4, 6, 6, 1), dtype=np.float32))
+    assert seen == [_blas_threads()]
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
@@ -119,13 +147,15 @@ def test_threads_are_pinned_to_distinct_cpus_when_they_use_every_cpu():
     cpus = sorted(os.sched_getaffinity(0))
     with engine_threads(len(cpus), 0):
         with parallel.engine():
-            mine = os.sched_getaffinity(0)
+            unsplit = os.sched_getaffinity(0)
             theirs = parallel.run(lambda a, b: frozenset(os.sched_getaffinity(0)), parallel.chunks(len(cpus)))
+            mine = os.sched_getaffinity(0)
         assert os.sched_getaffinity(0) == set(cpus)  # the caller's affinity is given back
-    assert mine == {cpus[0]}
+    assert unsplit == set(cpus) and mine == {cpus[0]}
     assert sorted(min(s) for s in theirs) == cpus and all(len(s) == 1 for s in theirs)
     with engine_threads(len(cpus) + 1, 0):  # not one thread per CPU: nobody is pinned
         with parallel.engine():
+            _split()
             assert os.sched_getaffinity(0) == set(cpus)
 
 
@@ -138,6 +168,7 @@ def test_a_second_caller_at_the_same_time_is_not_pinned():
 
     def first_caller():
         with parallel.engine():
+            _split()
             seen["first"] = os.sched_getaffinity(0)
             inside.set()
             leave.wait(timeout=60)
@@ -147,6 +178,7 @@ def test_a_second_caller_at_the_same_time_is_not_pinned():
         other.start()
         assert inside.wait(timeout=60)
         with parallel.engine():
+            _split()
             seen["second"] = os.sched_getaffinity(0)
         leave.set()
         other.join(timeout=60)

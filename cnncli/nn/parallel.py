@@ -5,16 +5,17 @@ activations, optimizer updates) on one core, while BLAS spreads only the matrix 
 over all of them. On a 2-core machine that left one core idle for a third of a training
 step. The engine therefore splits each large operation, products included, into one
 chunk of rows per thread and runs the chunks at once: NumPy releases the GIL inside its
-loops and BLAS calls, so the chunks really run in parallel. While a network call runs,
-BLAS is kept to one thread (``engine()``), so that BLAS's threads and the engine's never
-compete for the same cores.
+loops and BLAS calls, so the chunks really run in parallel. Once a network call splits
+an operation, BLAS is kept to one thread until the call ends (``engine()``), so that
+BLAS's threads and the engine's never compete for the same cores; a call in which
+nothing is large enough to split leaves BLAS's own threading alone.
 
 When the engine uses every CPU the process may run on, each thread is pinned to its own
-CPU while a network call runs. Unpinned, Linux tends to wake the pool's thread on the
-CPU of the thread that woke it after an idle spell, and the two then share one core for
-many milliseconds: inference at batch 32 measured 15 ms instead of 8.5 ms after a 0.3 s
-pause. (BLAS and OpenMP threads avoid this by spinning while they wait, which a Python
-thread cannot do without holding the GIL.)
+CPU while a network call that splits work runs. Unpinned, Linux tends to wake the pool's
+thread on the CPU of the thread that woke it after an idle spell, and the two then share
+one core for many milliseconds: inference at batch 32 measured 15 ms instead of 8.5 ms
+after a 0.3 s pause. (BLAS and OpenMP threads avoid this by spinning while they wait,
+which a Python thread cannot do without holding the GIL.)
 
 How many threads: :func:`set_threads`, else the ``CNNCLI_THREADS`` environment variable,
 else as many as BLAS would use (``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` apply),
@@ -37,10 +38,13 @@ from typing import Callable, Iterator
 
 from cnncli.errors import ConfigError
 
-#: A chunk smaller than this many elements of work is not worth a thread hand-off
-#: (60-150 microseconds on a 2-core VM: waking the pool's thread dominates); tests set it
-#: to 0 to exercise the split paths on tiny arrays.
-MIN_CHUNK_WORK = 1 << 17
+#: A chunk with less work than this (see :func:`work`: about 0.2 ms on one core) is not
+#: worth a thread hand-off, which costs 60-150 microseconds on a 2-core VM (waking the
+#: pool's thread). Tests set it to 0 to exercise the split paths on tiny arrays.
+MIN_CHUNK_WORK = 1 << 19
+
+#: BLAS does about this many multiply-adds in the time an elementwise pass moves one element.
+MACS_PER_ELEMENT = 16
 
 _lock = threading.Lock()
 _local = threading.local()
@@ -48,8 +52,8 @@ _requested: int | None = None   # set_threads(); None: the default
 _threads: int | None = None     # resolved thread count
 _executor: ThreadPoolExecutor | None = None
 _blas: list | None = None       # threadpoolctl controllers of the BLAS libraries
-_depth = 0                      # nesting of engine() over all threads
-_saved_blas: list[int] = []
+_active = 0                     # threads inside an engine() scope
+_saved_blas: list[int] | None = None  # BLAS thread counts while BLAS is held at one thread
 _worker_numbers = None          # itertools.count() handing each pool thread its CPU
 _cpus: list[int] | None = None  # the process's CPUs when first asked
 
@@ -129,7 +133,7 @@ def set_threads(count: int | None) -> None:
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"threads: expected a positive integer or None, got {count!r}")
     with _lock:
-        if _depth:
+        if _active:
             raise RuntimeError("set_threads() cannot be called while a network call is running")
         _requested, _threads = count, None
         if _executor is not None:
@@ -139,40 +143,63 @@ def set_threads(count: int | None) -> None:
 
 @contextlib.contextmanager
 def engine() -> Iterator[None]:
-    """Keep BLAS single-threaded while the engine's threads work (re-entrant).
+    """A scope (re-entrant) in which split operations keep BLAS single-threaded.
 
-    The outermost entry also pins the calling thread to the first CPU when the pool's
-    threads are pinned (see the module docstring), and restores its affinity on exit.
+    BLAS is set to one thread by the first operation of the scope that is split over the
+    engine's threads, and given its own thread count back when the last thread leaves
+    its scope. A network call in which nothing is large enough to split (a small
+    network) therefore leaves BLAS's own threading alone. The first split operation also
+    pins the calling thread to the first CPU when the pool's threads are pinned (see the
+    module docstring), unless another thread is inside a scope too; its affinity comes
+    back when it leaves.
     """
-    global _depth, _saved_blas
+    global _active, _saved_blas
     if threads() == 1 or getattr(_local, "worker", False):
         yield
         return
-    saved_affinity = None
-    with _lock:
-        if _depth == 0:
-            _saved_blas = [lib.num_threads for lib in _blas_controllers()]
-            for lib in _blas:
-                lib.set_num_threads(1)
-            # Pinned only when no other thread is inside engine(): two callers at once
-            # (threads of a Dask worker) must not both be put on the first CPU.
-            cpus = _pinned_cpus()
-            if cpus is not None and not getattr(_local, "pinned", False):
-                saved_affinity = os.sched_getaffinity(0)
-                os.sched_setaffinity(0, {cpus[0]})
-                _local.pinned = True
-        _depth += 1
+    depth = getattr(_local, "depth", 0)
+    if depth == 0:
+        with _lock:
+            _active += 1
+    _local.depth = depth + 1
     try:
         yield
     finally:
-        if saved_affinity is not None:
-            _local.pinned = False
-            os.sched_setaffinity(0, saved_affinity)
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                for lib, count in zip(_blas, _saved_blas):
-                    lib.set_num_threads(count)
+        _local.depth = depth
+        if depth == 0:
+            saved_affinity = getattr(_local, "saved_affinity", None)
+            if saved_affinity is not None:
+                _local.saved_affinity = None
+                os.sched_setaffinity(0, saved_affinity)
+            with _lock:
+                _active -= 1
+                if _active == 0 and _saved_blas is not None:
+                    for lib, count in zip(_blas, _saved_blas):
+                        lib.set_num_threads(count)
+                    _saved_blas = None
+
+
+def _before_split() -> None:
+    """Inside engine(): hold BLAS at one thread, and pin the caller where that applies."""
+    global _saved_blas
+    with _lock:
+        if _saved_blas is None:
+            _saved_blas = [lib.num_threads for lib in _blas_controllers()]
+            for lib in _blas:
+                lib.set_num_threads(1)
+        alone = _active == 1
+    cpus = _pinned_cpus()
+    # Only a thread alone in the engine is pinned: two callers at once (threads of a Dask
+    # worker) must not both be put on the first CPU.
+    if cpus is not None and alone and getattr(_local, "saved_affinity", None) is None:
+        _local.saved_affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpus[0]})
+
+
+def work(elements: int = 0, macs: int = 0) -> int:
+    """Work in the units of ``MIN_CHUNK_WORK``: elements read or written by elementwise
+    passes, plus multiply-adds of matrix products at ``MACS_PER_ELEMENT`` to one."""
+    return elements + macs // MACS_PER_ELEMENT
 
 
 def chunks(total: int, work_per_item: int = 1, align: int = 1) -> list[tuple[int, int]]:
@@ -206,10 +233,11 @@ def run(fn: Callable[[int, int], object], ranges: list[tuple[int, int]]) -> list
     even when one raises; then the first exception is raised. A chunk must not call
     :func:`run` itself (it would run its own ranges inline, which is correct but serial).
     """
-    if len(ranges) == 1 or getattr(_local, "worker", False):
+    if len(ranges) == 1 or threads() == 1 or getattr(_local, "worker", False):
         return [fn(a, b) for a, b in ranges]
     global _executor
     with engine():
+        _before_split()
         if _executor is None:
             with _lock:
                 if _executor is None:
@@ -236,8 +264,8 @@ def run(fn: Callable[[int, int], object], ranges: list[tuple[int, int]]) -> list
 
 def _after_fork_in_child() -> None:
     # The pool's threads do not exist in a forked child: start a new pool when needed.
-    global _executor, _depth, _lock, _local
-    _executor, _depth, _lock, _local = None, 0, threading.Lock(), threading.local()
+    global _executor, _active, _lock, _local
+    _executor, _active, _lock, _local = None, 0, threading.Lock(), threading.local()
 
 
 if hasattr(os, "register_at_fork"):

@@ -224,7 +224,8 @@ class Conv2D(ActivatedLayer):
                 cols3[:, rows, k] = 1
             np.matmul(cols3[:, rows], w_aug, out=z[:, rows])
 
-        parallel.run(im2col_and_product, parallel.chunks(n, ho * wo * (width + f)))
+        per_example_work = parallel.work(ho * wo * k, ho * wo * width * f)  # im2col copy, product
+        parallel.run(im2col_and_product, parallel.chunks(n, per_example_work))
         self._cols = cols
         if self.blocks is None:
             return z.reshape(n, ho, wo, f)  # (N, H', W', F)
@@ -242,9 +243,10 @@ class Conv2D(ActivatedLayer):
             def weight_gradient(a, b):
                 np.matmul(cols[:, a:b].T, dz2d, out=grads[a:b])
 
-            parallel.run(weight_gradient, parallel.chunks(width, cols.shape[0] * 2, align=16))
+            per_column = parallel.work(macs=cols.shape[0] * f)
+            parallel.run(weight_gradient, parallel.chunks(width, per_column, align=16))
         else:  # too few columns to share out evenly: each thread sums over its rows of cols
-            ranges = parallel.chunks(cols.shape[0], width * 2)
+            ranges = parallel.chunks(cols.shape[0], parallel.work(macs=width * f))
             partial = self.workspace("dw_partial", (len(ranges) - 1, width, f), dz.dtype)
             first = {a: i for i, (a, _) in enumerate(ranges)}
 
@@ -299,5 +301,6 @@ class Conv2D(ActivatedLayer):
                     np.matmul(delta_rows[rows], kernel_t[p, q], out=share[rows])
                     dxp[a:b, hs, ws, :] += share[rows].reshape(b - a, ho, wo, c)
 
-        parallel.run(scatter, parallel.chunks(n, per_example * f * kh * kw))
+        adds = per_example * kh * kw * c  # per example: the elements added into dX
+        parallel.run(scatter, parallel.chunks(n, parallel.work(adds, adds * f)))
         return dxp

@@ -89,7 +89,7 @@ class Dense(ActivatedLayer):
             if self.use_bias:
                 z[:, a:b] += self.params["bias"][a:b]
 
-        parallel.run(product, parallel.chunks(self.units, x.shape[0] * x.shape[1]))
+        parallel.run(product, parallel.chunks(self.units, parallel.work(macs=x.shape[0] * x.shape[1])))
         return z
 
     def backward_linear(self, dz):
@@ -102,7 +102,7 @@ class Dense(ActivatedLayer):
             if dx is not None:
                 np.matmul(dz, kernel[a:b].T, out=dx[:, a:b])
 
-        parallel.run(products, parallel.chunks(kernel.shape[0], 2 * dz.size))
+        parallel.run(products, parallel.chunks(kernel.shape[0], parallel.work(macs=2 * dz.size)))
         if self.use_bias:
             self.grads["bias"] = dz.sum(axis=0)
         return dx
