@@ -200,27 +200,28 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
             xb, yb = train.x[idx], train.y[idx]
             # A skipped batch must leave no trace: its forward pass updates buffers (batch norm).
             kept = {k: v.copy() for k, v in network.buffers().items()} if on_nan == "skip_batch" else None
-            with parallel.engine():  # BLAS single-threaded while the engine's threads work
+            # One engine scope for the whole step (see Network.train_step): BLAS is set to one
+            # thread at most once per step, not once per phase.
+            with parallel.engine():
                 value, out = network.loss_and_gradients(xb, targets_for(network, yb, loss), loss)
                 grads = network.gradients()
                 norm = optimizer.gradient_norm(grads)
-            if not (math.isfinite(value) and math.isfinite(norm)):
-                if on_nan == "skip_batch":
-                    state.skipped += 1
-                    for k, v in network.buffers().items():
-                        v[...] = kept[k]
+                if not (math.isfinite(value) and math.isfinite(norm)):
+                    if on_nan == "skip_batch":
+                        state.skipped += 1
+                        for k, v in network.buffers().items():
+                            v[...] = kept[k]
+                    else:
+                        layer = first_nonfinite_layer(network)
+                        what = f"the gradient of {layer}" if layer and math.isfinite(value) else f"the loss ({value})"
+                        raise NonFiniteError(f"{what} is not finite at epoch {epoch}, step {optimizer.t + 1} "
+                                             f"(batch {b + 1} of {steps_per_epoch}), learning rate "
+                                             f"{optimizer.current_lr():.6g}")
                 else:
-                    layer = first_nonfinite_layer(network)
-                    what = f"the gradient of {layer}" if layer and math.isfinite(value) else f"the loss ({value})"
-                    raise NonFiniteError(f"{what} is not finite at epoch {epoch}, step {optimizer.t + 1} "
-                                         f"(batch {b + 1} of {steps_per_epoch}), learning rate "
-                                         f"{optimizer.current_lr():.6g}")
-            else:
-                with parallel.engine():
                     optimizer.step(network.parameters(), grads, grad_norm=norm)
-                state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
-                state.correct += int(np.sum(predicted_classes(out) == yb))
-                state.seen += len(idx)
+                    state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
+                    state.correct += int(np.sum(predicted_classes(out) == yb))
+                    state.seen += len(idx)
             state.batch = b + 1
             elapsed = time.perf_counter() - start
             state.seconds = elapsed

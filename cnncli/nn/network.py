@@ -187,9 +187,10 @@ class Network:
         are differentiated through the fused pair, from the logits.
         """
         fused = self.uses_logits(loss)
-        out = self.forward(x, training, logits=fused)
-        value, dout = loss.value_and_grad(out, y, from_logits=fused)
-        dx = self.backward(dout, logits=fused, input_grad=input_grad)
+        with parallel.engine():  # one scope: forward and backward share BLAS's setting
+            out = self.forward(x, training, logits=fused)
+            value, dout = loss.value_and_grad(out, y, from_logits=fused)
+            dx = self.backward(dout, logits=fused, input_grad=input_grad)
         if fused:
             out = self.layers[-1].activation.forward(out)
         return (value, out, dx) if input_grad else (value, out)
