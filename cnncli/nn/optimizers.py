@@ -154,15 +154,21 @@ def make_schedule(spec: object, path: str = "schedule") -> Schedule:
 
 
 # -------------------------------------------------------------------------- optimizers
+def _stretches(sizes: list[int], a: int, b: int):
+    """(index, lo, hi) of each array whose elements lo..hi fall in elements a..b of arrays
+    of ``sizes`` laid end to end."""
+    offset = 0
+    for i, size in enumerate(sizes):
+        lo, hi = max(a - offset, 0), min(b - offset, size)
+        if lo < hi:
+            yield i, lo, hi
+        offset += size
+
+
 def _sum_of_squares(flat: list[np.ndarray], a: int, b: int) -> float:
     """Sum of squares of elements a..b of the 1-D arrays ``flat`` laid end to end."""
-    total, offset = 0.0, 0
-    for g in flat:
-        lo, hi = max(a - offset, 0), min(b - offset, g.size)
-        if lo < hi:
-            total += float(np.vdot(g[lo:hi], g[lo:hi]))
-        offset += g.size
-    return total
+    return sum(float(np.vdot(flat[i][lo:hi], flat[i][lo:hi]))
+               for i, lo, hi in _stretches([g.size for g in flat], a, b))
 
 
 def _norm(sum_of_squares: float) -> float:
@@ -237,17 +243,16 @@ class Optimizer:
             else:  # views that cannot be flattened in place: one whole update each, here
                 self._update(w, g, slots, eta)
 
+        sizes = [w.size for w, *_ in flat]
+
         def update(a, b):  # elements a..b of the parameters laid end to end
             squares = _sum_of_squares([g for _, g, *_ in flat], a, b) if norm_in_update else 0.0
-            offset = 0
-            for w, g, names, slot_arrays in flat:
-                lo, hi = max(a - offset, 0), min(b - offset, w.size)
-                if lo < hi:
-                    self._update(w[lo:hi], g[lo:hi], {n: s[lo:hi] for n, s in zip(names, slot_arrays)}, eta)
-                offset += w.size
+            for i, lo, hi in _stretches(sizes, a, b):
+                w, g, names, slot_arrays = flat[i]
+                self._update(w[lo:hi], g[lo:hi], {n: s[lo:hi] for n, s in zip(names, slot_arrays)}, eta)
             return squares
 
-        squares = parallel.run(update, parallel.chunks(sum(w.size for w, *_ in flat), 2 + len(self.slots)))
+        squares = parallel.run(update, parallel.chunks(sum(sizes), 2 + len(self.slots)))
         if norm_in_update:
             self.last_grad_norm = _norm(sum(squares))
         self.t += 1
