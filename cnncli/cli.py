@@ -49,11 +49,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Train, evaluate and inspect convolutional networks declared in YAML."""
     from cnncli.nn import parallel
 
-    try:
-        parallel.threads_from_environment()
-    except CnnCliError as err:
-        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(err.exit_code) from None
+    user_errors(parallel.threads_from_environment)()  # a bad CNNCLI_THREADS: one line, before any work
 
 
 def user_errors(fn):
