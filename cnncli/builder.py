@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnncli.config import Config, load_config
-from cnncli.errors import ConfigError, ShapeError
+from cnncli.config import Config, build_network, load_config
+from cnncli.errors import ConfigError
 from cnncli.nn.losses import Loss, make_loss
 from cnncli.nn.network import Network
 from cnncli.nn.optimizers import Optimizer, make_optimizer
@@ -27,24 +27,6 @@ class Built:
         return iter((self.network, self.loss, self.optimizer))
 
 
-def build_network(values: dict, *, allocate: bool = True) -> Network:
-    """The model section's network, built on its input shape with the config's seed and dtype.
-
-    A layer that cannot take its input is reported as ``model.layers[i]: ...``. With
-    ``allocate=False`` only shapes and sizes are built (see ``Network.build``).
-    """
-    model = values["model"]
-    try:
-        net = Network(model["layers"])
-        net.build(tuple(model["input_shape"]), seed=values["seed"], dtype=values["train"]["dtype"],
-                  allocate=allocate)
-    except ShapeError as err:
-        raise ConfigError(f"model.layers[{err.index}]", "", None, raw=err.message) from None
-    except ConfigError as err:
-        raise err.prefixed("model") from None
-    return net
-
-
 def build(config: Config | dict | str) -> Built:
     """Network (built, seeded), loss and optimizer of a config (a Config, dict or YAML path)."""
     if not isinstance(config, Config):
@@ -58,3 +40,5 @@ def build(config: Config | dict | str) -> Built:
         raise err.in_file(config.source) if config.source and not err.source else err
     return Built(network, loss, optimizer)
 
+
+__all__ = ["Built", "build", "build_network"]

@@ -1,85 +1,29 @@
-"""Errors a user can cause. The CLI catches :class:`CnnCliError` and nothing else.
+"""Errors a user can cause. The command line catches :class:`CnnCliError` and nothing else.
 
-Every message reads ``<key path>: expected <what>; got <value>`` where a key path
-exists, so that the CLI can prefix the file name and print one line.
+The error types are the engine's (``cnncli.nn.errors``): a config, shape, data or
+checkpoint problem reads the same whether the engine or the application finds it.
+``CnnCliError`` is the engine's :class:`~cnncli.nn.errors.InputError`, the root of them
+all; the application's own errors below subclass it.
+
+Every message reads ``<file>: <key path>: expected <what>; got <value>`` where a key path
+exists, so that the command line prints one line.
 """
 
 from __future__ import annotations
 
+from cnncli.nn.errors import CheckpointError, ConfigError, DataError, InputError, RegistrationError, ShapeError
 
-class CnnCliError(Exception):
-    """Base class of every error caused by user input (exit code 2 in the CLI)."""
-
-    exit_code = 2
-
-
-class ConfigError(CnnCliError):
-    """A value at a key path is not what was expected.
-
-    ``path`` is relative to wherever the value came from (a layer's own keyword, or a
-    dotted config path); :meth:`prefixed` lets an outer level add its part, so the
-    engine can say ``kernel_size`` and the config layer ``model.layers[2].kernel_size``.
-    """
-
-    def __init__(self, path: str, expected: str, got: object = None, *, raw: str | None = None,
-                 source: str | None = None):
-        self.path = path
-        self.expected = expected
-        self.got = got
-        self.raw = raw
-        self.source = source
-        super().__init__(self._render())
-
-    def _render(self) -> str:
-        if self.raw is not None:
-            body = self.raw
-        else:
-            body = f"expected {self.expected}; got {_show(self.got)}"
-        text = f"{self.path}: {body}" if self.path else body
-        return f"{self.source}: {text}" if self.source else text
-
-    def in_file(self, source: str | None) -> "ConfigError":
-        """The same error, said of the file ``source``."""
-        return ConfigError(self.path, self.expected, self.got, raw=self.raw, source=source)
-
-    def prefixed(self, prefix: str) -> "ConfigError":
-        """The same error with ``prefix`` put before the key path."""
-        if not prefix:
-            return self
-        if not self.path:
-            path = prefix
-        elif self.path.startswith("["):
-            path = prefix + self.path
-        else:
-            path = f"{prefix}.{self.path}"
-        return ConfigError(path, self.expected, self.got, raw=self.raw, source=self.source)
+#: Every error caused by user input (exit code 2 in the command line).
+CnnCliError = InputError
 
 
-class ShapeError(CnnCliError):
-    """A layer cannot take the shape that the layer before it produces.
-
-    ``index`` is the layer's position in the network (0-based), so that the config
-    layer can name ``model.layers[index]``.
-    """
-
-    def __init__(self, index: int | None, message: str):
-        self.index = index
-        self.message = message
-        where = f"layers[{index}]: " if index is not None else ""
-        super().__init__(where + message)
+class RunFolderError(InputError):
+    """A run or sweep folder that is missing, not a run folder, or cannot be written."""
 
 
-class DataError(CnnCliError):
-    """Input data that cannot be read or does not fit the configuration."""
+class PluginError(ConfigError):
+    """A plugin named by a config that is missing, does not import, or does not fit."""
 
 
-class CheckpointError(CnnCliError):
-    """A checkpoint that is missing, corrupt, or does not fit the network."""
-
-
-def _show(value: object) -> str:
-    """How a received value is written in a message: short, and strings quoted."""
-    if isinstance(value, str):
-        return repr(value)
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+__all__ = ["CnnCliError", "InputError", "ConfigError", "RegistrationError", "ShapeError", "DataError",
+           "CheckpointError", "RunFolderError", "PluginError"]

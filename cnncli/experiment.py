@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import runs
+from cnncli import plugins, runs, yamlfiles
 from cnncli.builder import build
 from cnncli.config import Config, load_config
-from cnncli.data import Dataset, Split, apply_normalization, load_dataset, seeded_rng
-from cnncli.errors import CheckpointError, CnnCliError, DataError
+from cnncli.data import Dataset, Split, apply_normalization, load_dataset, normalization_of, seeded_rng
+from cnncli.errors import CheckpointError, DataError, RunFolderError
+from cnncli.metrics import class_probabilities, confusion_matrix, per_class_scores, predicted_classes
 from cnncli.resources import check_disk
-from cnncli.metrics import (class_probabilities, confusion_matrix, per_class_scores, predicted_classes)
 from cnncli.summary import summarize, to_markdown
 from cnncli.training import Callback, EpochMetrics, FitResult, TrainState, evaluate, fit
+from cnncli.visualize import curves_png
 
 SHUFFLE_STREAM = 3
 
@@ -171,7 +172,9 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     check_disk(runs_dir, (1 + slots) * network.parameter_count() * network.dtype.itemsize)
     run_dir = runs.create_run_dir(runs_dir, name or values["name"], exact=exact_name)
     runs.write_status(run_dir, "running", epoch=0, step=0)
-    runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    # The run keeps its own copy of every plugin, and its config names the copies.
+    in_folder = {**values, "plugins": plugins.copy_into(run_dir, values["plugins"])}
+    runs.atomic_write_text(run_dir / "config.yaml", yamlfiles.dump(in_folder))
     runs.write_json(run_dir / "env.json", runs.environment())
     runs.write_json(run_dir / "data.json", {"class_names": data.class_names, "normalization": data.normalization,
                                             **{k: v for k, v in data.info.items() if k != "classes"}})
@@ -184,17 +187,21 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
 
 
 def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_ready=None,
-           handle_signals: bool = True) -> Run:
+           handle_signals: bool = True, on_notice=None) -> Run:
     """Continue an interrupted (or failed, or killed) run from ``checkpoints/last.npz``.
 
     Same data order, generator states, optimizer state and schedule: the finished run
-    is identical, bit for bit, to one that was never interrupted.
+    is identical, bit for bit, to one that was never interrupted. Plugins run from the
+    run folder's copies; ``on_notice(line)`` hears of originals edited since.
     """
     run_dir = runs.resolve_run_dir(run_dir)
     status = runs.read_status(run_dir).get("status")
     if status == "completed":
-        raise CnnCliError(f"{run_dir}: the run has completed; nothing to resume")
+        raise RunFolderError(f"{run_dir}: the run has completed; nothing to resume")
     config = load_config(run_dir / "config.yaml", check_paths=True)
+    for line in plugins.changed_originals(config["plugins"]):
+        if on_notice is not None:
+            on_notice(line)
     config, built, data = prepare(config, (), run_dir.parent)
     network, loss, optimizer = built
     last = run_dir / "checkpoints" / "last.npz"
@@ -221,25 +228,16 @@ def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_read
     writer_best = run_dir / "checkpoints" / "best.npz"
     best_state = runs.load_checkpoint(writer_best)[0] if writer_best.is_file() else None
     if best_state is not None:
-        _check_fits(writer_best, best_state, network)
+        try:
+            network.check_state(best_state)
+        except CheckpointError as err:
+            raise CheckpointError(f"{writer_best}: {err}") from None
     runs.write_status(run_dir, "running", epoch=train_state.epoch, step=optimizer.t, resumed_from=resumed_from)
     if on_ready is not None:
         on_ready(run_dir, config, network, data)
     run = Run(run_dir, config)
     return _run_fit(run, network, loss, optimizer, data, shuffle_rng, train_state, callbacks, handle_signals,
                     best_state=best_state)
-
-
-def _check_fits(path: Path, state: dict, network) -> None:
-    """Refuse (naming ``path``) a saved network state whose keys or shapes are not the network's."""
-    own = network.state_dict()
-    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or extra:
-        raise CheckpointError(f"{path}: does not fit the network: missing {missing}, unexpected {extra}")
-    for key, value in own.items():
-        if state[key].shape != value.shape:
-            raise CheckpointError(f"{path}: {key}: shape {state[key].shape} does not fit the network's "
-                                  f"{value.shape}")
 
 
 def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, state: TrainState,
@@ -314,49 +312,22 @@ def evaluation_report(network, loss, split: Split, class_names: list[str], batch
 
 def write_curves(run_dir: Path, history: list[EpochMetrics]) -> None:
     """curves.png: loss and accuracy against epoch, training and validation."""
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import io
-
-    import matplotlib.pyplot as plt
-
-    epochs = [m.epoch for m in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [m.loss for m in history], marker="o", label="train")
-    if history[0].val_loss is not None:
-        ax_loss.plot(epochs, [m.val_loss for m in history], marker="o", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="loss (mean per example)", title="Loss")
-    ax_acc.plot(epochs, [m.accuracy for m in history], marker="o", label="train")
-    if history[0].val_accuracy is not None:
-        ax_acc.plot(epochs, [m.val_accuracy for m in history], marker="o", label="validation")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    runs.atomic_write_bytes(run_dir / "curves.png", buf.getvalue())
+    if history:
+        curves_png([m.as_dict() for m in history], run_dir / "curves.png")
 
 
 # ------------------------------------------------------------------------ using a run
 def load_run(run_dir: str | Path, checkpoint: str = "best"):
     """(config, network with the checkpoint's weights, loss, data.json contents) of a run."""
     run_dir = Path(run_dir)
+    path = runs.checkpoint_file(run_dir, checkpoint)
     config = load_config(run_dir / "config.yaml", check_paths=False)
     built = build(config)
-    if checkpoint not in ("best", "last"):
-        raise CnnCliError(f"checkpoint: expected best or last; got {checkpoint!r}")
-    path = run_dir / "checkpoints" / f"{checkpoint}.npz"
     params, _, meta = runs.load_checkpoint(path)
     try:
         built.network.load_state_dict(params)
-    except CnnCliError as err:
-        raise type(err)(f"{path}: {err}") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     info = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").is_file() else {}
     return config, built.network, built.loss, info, meta
 
@@ -376,14 +347,13 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", data_path: st
         values["train"]["validation_split"] = 0.0
         if values["data"]["source"] == "idx":
             values["data"]["use_test"] = False
-    norm = info.get("normalization")
     outputs = int(np.prod(network.output_shape))
     if data_path is not None:
         # The new data gets the run's own normalization, not statistics of its own.
         values["data"]["normalize"] = "none"
         data = load_dataset(values, cache_dir=run_dir.parent / ".cache", outputs=outputs)
-        split = Split(apply_normalization(data.train.x, norm or {"mode": "scale", "scale": 255.0},
-                                          network.dtype.type), data.train.y)
+        split = Split(apply_normalization(data.train.x, normalization_of(info), network.dtype.type),
+                      data.train.y)
         which = data_path
     else:
         # The same config and seed give the same split and statistics as in training.
@@ -415,9 +385,8 @@ def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str = 
             raise DataError(f"{path}: no such file") from None
         except (OSError, ValueError, SyntaxError) as err:
             raise DataError(f"{path}: not a readable image ({err})") from None
-    x = apply_normalization(np.stack(arrays), info.get("normalization", {"mode": "scale", "scale": 255.0}),
-                            network.dtype.type)
-    probs = class_probabilities(network.predict(x))
+    x = apply_normalization(np.stack(arrays), normalization_of(info), network.dtype.type)
+    probs = class_probabilities(network.predict(x, loss=loss))
     names = info.get("class_names") or [str(i) for i in range(probs.shape[1])]
     out = []
     for path, p in zip(images, probs):
@@ -425,3 +394,51 @@ def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str = 
         out.append({"image": str(path), "class": names[k] if k < len(names) else str(k), "index": k,
                     "probability": float(p[k])})
     return out
+
+
+def gradcheck_batch(config: Config, network, loss, batch: int, seed: int, cache_dir: Path):
+    """(x, targets, where they came from) for ``cnncli gradcheck``: ``batch`` examples of
+    the config's data, or random inputs (said so) when the data cannot be read."""
+    from cnncli.training import targets_for
+
+    rng = np.random.default_rng(seed)
+    try:
+        data = load_dataset({**config.values, "train": {**config["train"], "validation_split": 0.0}},
+                            cache_dir=cache_dir, outputs=int(np.prod(network.output_shape)))
+        pick = rng.choice(len(data.train), size=min(batch, len(data.train)), replace=False)
+        x, labels = data.train.x[pick], data.train.y[pick]
+        source = f"{len(pick)} examples of the configured data ({config['data']['source']})"
+    except DataError:
+        x = rng.random((batch, *network.input_shape))
+        labels = rng.integers(0, max(int(np.prod(network.output_shape)), 2), batch)
+        source = "random inputs"
+    return x, targets_for(network, labels, loss), source
+
+
+def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkpoint: str = "best"):
+    """``cnncli visualize``: kernels.png, feature_maps_layer<i>.png and curves.png in ``out``;
+    returns (files written, warnings)."""
+    from cnncli.data.image_folder import load_image
+    from cnncli.visualize import feature_maps_png, kernels_png
+
+    cfg, network, _, info, _ = load_run(run_dir, checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    written, warnings = [], []
+    try:
+        written.append(kernels_png(network, out / "kernels.png"))
+    except ValueError as err:
+        warnings.append(f"{err}; no kernel picture")
+    if image is not None:
+        try:
+            raw = load_image(image, *cfg["model"]["input_shape"])
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"{image}: not a readable image ({err})") from None
+        x = apply_normalization(raw[None], normalization_of(info), network.dtype.type)[0]
+    else:
+        data = load_dataset(cfg.values, cache_dir=run_dir.parent / ".cache")
+        x = (data.evaluation or data.train).x[0]
+    written += feature_maps_png(network, x, out)
+    history = runs.read_metrics(run_dir)
+    if history:
+        written.append(curves_png(history, out / "curves.png"))
+    return written, warnings

@@ -4,10 +4,9 @@
 
 * parameters, their gradients, the optimizer's slots (Adam 2, momentum 1, ...) and one
   spare copy for the best weights: ``(3 + slots) * P`` values;
-* per example, what the forward pass caches for backward and the backward pass
-  creates: a conv layer's im2col matrix (``H' W' kh kw C``) twice (forward ``cols`` and
-  backward ``dcols``), its output twice (``z`` and ``g(z)``) and its padded input; any
-  other layer its input and output twice;
+* per example, what each layer keeps for the backward pass and creates during it, as the
+  layer says (``Layer.values_per_example``: a conv layer's im2col matrix twice, its
+  output twice and its padded input; by default a layer's input and output twice);
 * times the batch size (training) or the evaluation batch size, whichever is larger.
 
 The figure is an estimate, deliberately on the high side; a run is refused when it
@@ -22,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnncli.errors import CnnCliError, ConfigError
+from cnncli.errors import ConfigError, RunFolderError
 
 
 @dataclass
@@ -37,22 +36,7 @@ class MemoryEstimate:
 
 
 def _values_per_example(network) -> int:
-    from cnncli.nn.layers import Conv2D
-
-    total = math.prod(network.input_shape)
-    for layer in network.layers:
-        n_in = math.prod(layer.input_shape)
-        n_out = math.prod(layer.output_shape)
-        if isinstance(layer, Conv2D):
-            kh, kw = layer.kernel_size
-            ho, wo = layer.out_hw
-            pt, pb, pl, pr = layer.pads
-            h, w, c = layer.input_shape
-            cols = ho * wo * kh * kw * c
-            total += 2 * cols + 2 * n_out + (h + pt + pb) * (w + pl + pr) * c
-        else:
-            total += 2 * (n_in + n_out)
-    return total
+    return math.prod(network.input_shape) + sum(layer.values_per_example() for layer in network.layers)
 
 
 def estimate_memory(network, batch_size: int, optimizer_slots: int, eval_batch_size: int = 0) -> MemoryEstimate:
@@ -114,9 +98,9 @@ def check_disk(runs_dir: str | Path, checkpoint_bytes: int) -> None:
     while not probe.exists():
         probe = probe.parent
     if not os.access(probe, os.W_OK):
-        raise CnnCliError(f"{path}: the runs folder is not writable")
+        raise RunFolderError(f"{path}: the runs folder is not writable")
     free = shutil.disk_usage(probe).free
     needed = 3 * checkpoint_bytes + 16 * 2**20  # best, last, the temporary copy, and the logs
     if free < needed:
-        raise CnnCliError(f"{path}: {gib(free)} free on this disk; a run of this network needs about "
+        raise RunFolderError(f"{path}: {gib(free)} free on this disk; a run of this network needs about "
                           f"{gib(needed)} for its checkpoints")

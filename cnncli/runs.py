@@ -17,12 +17,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import CheckpointError, CnnCliError
+from cnncli.errors import CheckpointError, RunFolderError
 
 CHECKPOINT_FORMAT = 1
 METRIC_FIELDS = ["epoch", "step", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
@@ -61,33 +62,37 @@ def _json_default(obj):
 
 
 # ------------------------------------------------------------------------------ folders
+def sanitize_name(name: str) -> str:
+    """A run name that is one safe path component: [A-Za-z0-9._-], no leading dot."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip(".-")
+    return cleaned[:80] or "run"
+
+
 def create_run_dir(runs_dir: str | Path, name: str, *, exact: bool = False, checkpoints: bool = True) -> Path:
     """A new, empty folder ``<runs_dir>/<YYYYmmdd-HHMMSS>-<name>`` (or ``<runs_dir>/<name>``
     with ``exact``), never an existing one; the name cannot leave ``runs_dir``."""
-    from cnncli.config import sanitize_name
-
     root = Path(runs_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CnnCliError(f"{root}: cannot create the runs folder ({err.strerror})") from None
+        raise RunFolderError(f"{root}: cannot create the runs folder ({err.strerror})") from None
     if not os.access(root, os.W_OK):
-        raise CnnCliError(f"{root}: the runs folder is not writable")
+        raise RunFolderError(f"{root}: the runs folder is not writable")
     base = sanitize_name(name) if exact else f"{time.strftime('%Y%m%d-%H%M%S')}-{sanitize_name(name)}"
     for attempt in range(1, 1000):
         candidate = root / (base if attempt == 1 else f"{base}-{attempt}")
         if candidate.resolve().parent != root.resolve():
-            raise CnnCliError(f"run name {name!r} would leave {root}")
+            raise RunFolderError(f"run name {name!r} would leave {root}")
         try:
             candidate.mkdir()
         except FileExistsError:
             if exact:
-                raise CnnCliError(f"{candidate}: already exists") from None
+                raise RunFolderError(f"{candidate}: already exists") from None
             continue
         if checkpoints:
             (candidate / "checkpoints").mkdir()
         return candidate
-    raise CnnCliError(f"{root}: too many runs named {base}")
+    raise RunFolderError(f"{root}: too many runs named {base}")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -105,7 +110,7 @@ def list_runs(runs_dir: str | Path) -> list[Path]:
 def latest_run(runs_dir: str | Path = "runs") -> Path:
     runs = list_runs(runs_dir)
     if not runs:
-        raise CnnCliError(f"no runs in {runs_dir}/: train one first (cnncli train CONFIG)")
+        raise RunFolderError(f"no runs in {runs_dir}/: train one first (cnncli train CONFIG)")
     return runs[-1]
 
 
@@ -115,10 +120,20 @@ def resolve_run_dir(run_dir: str | Path | None, runs_dir: str | Path = "runs") -
         return latest_run(runs_dir)
     path = Path(run_dir)
     if not path.is_dir():
-        raise CnnCliError(f"{path}: no such run folder")
+        raise RunFolderError(f"{path}: no such run folder")
     if not is_run_dir(path):
-        raise CnnCliError(f"{path}: not a run folder (no config.yaml and status.json)")
+        raise RunFolderError(f"{path}: not a run folder (no config.yaml and status.json)")
     return path
+
+
+CHECKPOINTS = ("best", "last")
+
+
+def checkpoint_file(run_dir: str | Path, which: str) -> Path:
+    """``run_dir/checkpoints/<which>.npz`` for ``which`` best or last (checked)."""
+    if which not in CHECKPOINTS:
+        raise CheckpointError(f"checkpoint: expected best or last; got {which!r}")
+    return Path(run_dir) / "checkpoints" / f"{which}.npz"
 
 
 def write_status(run_dir: Path, state: str, **details) -> None:

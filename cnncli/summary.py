@@ -1,10 +1,13 @@
 """The paper's Table 5 for any network: per layer its output shape, the parameter
-calculation, weights, biases, total and forward FLOPs; and the totals.
+calculation, weights, biases, total and FLOPs; and the totals.
 
-Figures come from the built network itself (the arrays it allocated), and the
-calculation string is checked against them, so the text can never disagree with the
-counts. FLOPs count a multiply-add as 2 and are per example; pooling counts one
-operation per window cell.
+Every figure comes from the layers themselves (``Layer.parameter_calculation``,
+``forward_flops``, ``backward_flops``, ``weight_count``...), of the network built on the
+config's input shape, and the calculation string is checked against the arrays the
+layer allocates, so the text can never disagree with the counts. FLOPs count a
+multiply-add as 2 and are per example; pooling counts one operation per window cell. A
+layer (or optimizer) that declares no FLOPs shows ``n/a`` and the totals say they leave
+it out.
 """
 
 from __future__ import annotations
@@ -13,10 +16,16 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from cnncli.nn.layers import BatchNorm, Conv2D, Dense, Layer
+from cnncli.errors import ConfigError
+from cnncli.nn.describe import human_flops, shape_text
+from cnncli.nn.layers import Layer
 from cnncli.nn.network import Network
+from cnncli.nn.optimizers import make_optimizer
+
+__all__ = ["Row", "Summary", "summarize", "to_markdown", "to_csv", "to_json", "calculation_text", "human_bytes",
+           "human_flops", "shape_text", "training_flops", "SOURCES"]
 
 
 @dataclass
@@ -28,8 +37,8 @@ class Row:
     weights: int
     biases: int
     params: int
-    flops: int
-    backward_flops: int = 0
+    flops: int | None
+    backward_flops: int | None = 0
 
 
 @dataclass
@@ -44,14 +53,17 @@ class Summary:
     flops: int
     dtype: str
     backward_flops: int = 0
-    update_flops: int = 0          # one optimizer step, all parameters
+    update_flops: int | None = 0   # one optimizer step, all parameters
     batch_size: int = 0
     optimizer: str = ""
+    #: Layers left out of the FLOP totals because they declare none ("layers[3] (my_layer)").
+    undeclared: list[str] = field(default_factory=list)
 
     @property
     def step_flops_per_example(self) -> float:
         """Forward + backward + the update's share of one example in a batch."""
-        return self.flops + self.backward_flops + (self.update_flops / self.batch_size if self.batch_size else 0)
+        update = (self.update_flops or 0) / self.batch_size if self.batch_size else 0
+        return self.flops + self.backward_flops + update
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -61,99 +73,81 @@ class Summary:
         return d
 
 
-def layer_label(layer: Layer) -> str:
-    act = getattr(layer, "activation", None)
-    if act is not None and act.name != "linear" and layer.type_name != "activation":
-        return f"{layer.type_name} ({act.name})"
-    if layer.type_name == "activation":
-        return f"activation ({act.name})"
-    return layer.type_name
-
-
-def calculation(layer: Layer) -> str:
-    """``[(5x5x3)+1]x64`` for a conv, ``[2048+1]x500`` for a dense layer, ``-`` without parameters."""
-    if isinstance(layer, Conv2D):
-        kh, kw = layer.kernel_size
-        c = layer.input_shape[2]
-        inner = f"({kh}x{kw}x{c})"
-        text = f"[{inner}+1]x{layer.filters}" if layer.use_bias else f"{inner}x{layer.filters}"
-    elif isinstance(layer, Dense):
-        d = layer.input_shape[0]
-        text = f"[{d}+1]x{layer.units}" if layer.use_bias else f"{d}x{layer.units}"
-    elif isinstance(layer, BatchNorm):
-        text = f"2x{layer.input_shape[-1]}"
-    else:
-        return "-"
-    return text
-
-
-def _evaluate(calc: str) -> int:
-    """The value of a calculation string (digits, x, +, brackets) without eval."""
-    expr = calc.replace("[", "(").replace("]", ")")
+def evaluate_calculation(calc: str) -> int | None:
+    """The value of a calculation string (digits, x, +, brackets, parentheses) without
+    eval; None when it is not such a string."""
     tokens, i = [], 0
+    expr = calc.replace("[", "(").replace("]", ")").replace(" ", "")
     while i < len(expr):
-        ch = expr[i]
-        if ch.isdigit():
+        if expr[i].isdigit():
             j = i
             while j < len(expr) and expr[j].isdigit():
                 j += 1
             tokens.append(int(expr[i:j]))
             i = j
-        else:
-            tokens.append(ch)
+        elif expr[i] in "x+()":
+            tokens.append(expr[i])
             i += 1
+        else:
+            return None
     pos = 0
 
-    def parse_sum():
+    def parse(level):  # level 0: sums, 1: products, 2: atoms
         nonlocal pos
-        value = parse_product()
-        while pos < len(tokens) and tokens[pos] == "+":
+        if level == 2:
+            tok = tokens[pos]
             pos += 1
-            value += parse_product()
+            if tok == "(":
+                value = parse(0)
+                if tokens[pos] != ")":
+                    raise ValueError
+                pos += 1
+                return value
+            if not isinstance(tok, int):
+                raise ValueError
+            return tok
+        value = parse(level + 1)
+        op = "+" if level == 0 else "x"
+        while pos < len(tokens) and tokens[pos] == op:
+            pos += 1
+            other = parse(level + 1)
+            value = value + other if op == "+" else value * other
         return value
 
-    def parse_product():
-        nonlocal pos
-        value = parse_atom()
-        while pos < len(tokens) and tokens[pos] == "x":
-            pos += 1
-            value *= parse_atom()
-        return value
+    try:
+        value = parse(0)
+    except (ValueError, IndexError):
+        return None
+    return value if pos == len(tokens) else None
 
-    def parse_atom():
-        nonlocal pos
-        tok = tokens[pos]
-        pos += 1
-        if tok == "(":
-            value = parse_sum()
-            pos += 1  # ")"
-            return value
-        return tok
 
-    return parse_sum()
+def layer_row(index: int, layer: Layer, first: bool = False) -> Row:
+    """One row of Table 5, from what the layer says of itself (its calculation checked)."""
+    weights, biases = layer.weight_count(), layer.bias_count()
+    calc = layer.parameter_calculation()
+    if calc is not None and evaluate_calculation(calc) != weights + biases:
+        raise ConfigError(f"model.layers[{index}]", "", None, raw=(
+            f"{layer.type_name}: parameter_calculation() gives {calc!r}, which is not its {weights + biases:,} "
+            "parameters"))
+    return Row(index, layer.label(), tuple(layer.output_shape), calc or "-", weights, biases, weights + biases,
+               layer.forward_flops(), layer.backward_flops(input_grad=not first))
 
 
 def summarize(network: Network, optimizer: dict | None = None, batch_size: int = 0) -> Summary:
     """Table 5 rows for ``network``; with an optimizer config and batch size, also the
     backward and update FLOPs of a training step."""
-    rows = []
+    rows = [layer_row(i, layer, i == 0) for i, layer in enumerate(network.layers)]
     itemsize = network.dtype.itemsize
-    activation_values = math.prod(network.input_shape)
-    for i, layer in enumerate(network.layers):
-        weights, biases = layer.weight_count(), layer.bias_count()
-        calc = calculation(layer)
-        if calc != "-":
-            assert _evaluate(calc) == weights + biases, (calc, weights, biases)
-        rows.append(Row(i, layer_label(layer), tuple(layer.output_shape), calc, weights, biases,
-                        weights + biases, layer.forward_flops(), backward_flops(layer, i > 0)))
-        activation_values += math.prod(layer.output_shape)
+    activation_values = math.prod(network.input_shape) + sum(math.prod(r.output_shape) for r in rows)
     weights = sum(r.weights for r in rows)
     biases = sum(r.biases for r in rows)
+    undeclared = [f"layers[{r.index}] ({r.layer})" for r in rows if r.flops is None or r.backward_flops is None]
     return Summary(tuple(network.input_shape), rows, weights + biases, weights, biases,
-                   (weights + biases) * itemsize, activation_values * itemsize, sum(r.flops for r in rows),
-                   str(network.dtype), backward_flops=sum(r.backward_flops for r in rows),
+                   (weights + biases) * itemsize, activation_values * itemsize,
+                   sum(r.flops or 0 for r in rows), str(network.dtype),
+                   backward_flops=sum(r.backward_flops or 0 for r in rows),
                    update_flops=update_flops(network, optimizer) if optimizer else 0, batch_size=batch_size,
-                   optimizer=(optimizer or {}).get("name", ""))
+                   optimizer=(optimizer or {}).get("name", ""), undeclared=undeclared)
 
 
 SOURCES = ("Figures come from the network built on the config's input shape: parameter counts are the sizes of "
@@ -168,6 +162,10 @@ def calculation_text(row: Row) -> str:
     return f"{row.calculation} = {row.params:,}" if row.calculation != "-" else "-"
 
 
+def flops_text(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
 def human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -176,15 +174,11 @@ def human_bytes(n: int) -> str:
     return f"{n:.2f} GiB"
 
 
-def human_flops(n: int) -> str:
-    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
-        if n >= scale:
-            return f"{n / scale:,.2f} {unit}"
-    return f"{n} FLOP"
-
-
-def shape_text(shape) -> str:
-    return "x".join(str(d) for d in shape)
+def undeclared_note(s: Summary) -> str:
+    """The sentence saying which layers the FLOP totals leave out, or ''."""
+    if not s.undeclared:
+        return ""
+    return f"FLOP totals leave out {', '.join(s.undeclared)}, which declare no FLOPs (n/a)."
 
 
 def to_markdown(s: Summary) -> str:
@@ -193,16 +187,22 @@ def to_markdown(s: Summary) -> str:
              "|---:|---|---|---|---:|---:|---:|---:|---:|"]
     for r in s.rows:
         lines.append(f"| {r.index} | {r.layer} | {shape_text(r.output_shape)} | {calculation_text(r)} | "
-                     f"{r.weights:,} | {r.biases:,} | {r.params:,} | {r.flops:,} | {r.backward_flops:,} |")
+                     f"{r.weights:,} | {r.biases:,} | {r.params:,} | {flops_text(r.flops)} | "
+                     f"{flops_text(r.backward_flops)} |")
     lines.append(f"| | **total** | | | **{s.weights:,}** | **{s.biases:,}** | **{s.params:,}** | **{s.flops:,}** "
                  f"| **{s.backward_flops:,}** |")
     lines += ["", f"Parameters: {s.params:,} = {s.weights:,} weights + {s.biases:,} biases "
               f"({human_bytes(s.param_bytes)}). Activations per example: {human_bytes(s.activation_bytes)}. "
               f"Per example: forward {human_flops(s.flops)}, backward {human_flops(s.backward_flops)}."]
     if s.batch_size:
-        lines.append(f"One {s.optimizer} update: {human_flops(s.update_flops)} ({s.update_flops / s.batch_size:,.0f} "
-                     f"per example at batch {s.batch_size}); a training step costs "
-                     f"{human_flops(int(s.step_flops_per_example))} per example.")
+        if s.update_flops is None:
+            lines.append(f"One {s.optimizer} update: n/a FLOPs (the optimizer declares none).")
+        else:
+            lines.append(f"One {s.optimizer} update: {human_flops(s.update_flops)} "
+                         f"({s.update_flops / s.batch_size:,.0f} per example at batch {s.batch_size}); a training "
+                         f"step costs {human_flops(int(s.step_flops_per_example))} per example.")
+    if s.undeclared:
+        lines.append(undeclared_note(s))
     lines += ["", SOURCES, ""]
     return "\n".join(lines)
 
@@ -214,7 +214,7 @@ def to_csv(s: Summary) -> str:
                 "backward_flops"])
     for r in s.rows:
         w.writerow([r.index, r.layer, shape_text(r.output_shape), r.calculation, r.weights, r.biases, r.params,
-                    r.flops, r.backward_flops])
+                    "n/a" if r.flops is None else r.flops, "n/a" if r.backward_flops is None else r.backward_flops])
     w.writerow(["total", "", "", "", s.weights, s.biases, s.params, s.flops, s.backward_flops])
     return buf.getvalue()
 
@@ -224,58 +224,19 @@ def to_json(s: Summary) -> str:
 
 
 # --------------------------------------------------------------- training-step FLOPs
-#: FLOPs of g'(z) * dL/da per element, written from the output a (see activations.py).
-ACTIVATION_BACKWARD_FLOPS = {"linear": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 3, "softplus": 3,
-                             "softmax": 4}
-#: FLOPs of one optimizer update per parameter (elementwise operations of its rule).
-UPDATE_FLOPS = {"sgd": 2, "momentum": 4, "nesterov": 6, "adagrad": 7, "adadelta": 14, "rmsprop": 8, "adam": 12}
-
-
-def backward_flops(layer: Layer, needs_input_grad: bool = True) -> int:
-    """FLOPs of one example's backward pass through ``layer``.
-
-    Counted: the activation derivative, the weight, bias and input gradients (a
-    multiply-add is 2; the first layer computes no input gradient), col2im's additions,
-    pooling's routing. Elementwise bookkeeping (masks, copies) is not counted.
-    """
-    out = math.prod(layer.output_shape)
-    act = getattr(layer, "activation", None)
-    total = ACTIVATION_BACKWARD_FLOPS.get(act.name, 2) * out if act is not None else 0
-    if isinstance(layer, Conv2D):
-        kh, kw = layer.kernel_size
-        c = layer.input_shape[2]
-        ho, wo = layer.out_hw
-        gemm = 2 * kh * kw * c * layer.filters * ho * wo
-        total += gemm + (layer.filters * ho * wo if layer.use_bias else 0)
-        if needs_input_grad:
-            total += gemm + kh * kw * c * ho * wo  # dcols, then col2im's adds
-    elif isinstance(layer, Dense):
-        gemm = 2 * layer.input_shape[0] * layer.units
-        total += gemm + (layer.units if layer.use_bias else 0) + (gemm if needs_input_grad else 0)
-    elif isinstance(layer, BatchNorm):
-        total += 10 * out
-    elif layer.type_name in ("max_pool2d", "avg_pool2d", "global_avg_pool2d"):
-        total += layer.forward_flops()
-    elif layer.type_name == "dropout":
-        total += out
-    return total
-
-
-def update_flops(network: Network, optimizer: dict) -> int:
-    """FLOPs of one optimizer step over all parameters (plus weight decay and clipping)."""
-    params = sum(math.prod(p.shape) for p in network.parameters().values())
-    per = UPDATE_FLOPS.get(optimizer.get("name"), 4)
-    if optimizer.get("weight_decay"):
-        per += 2
-    if optimizer.get("clip_norm") is not None:
-        per += 3
-    return params * per
+def update_flops(network: Network, optimizer: dict) -> int | None:
+    """FLOPs of one optimizer step over all parameters (weight decay and clipping
+    included); None when the optimizer declares none."""
+    per = make_optimizer(optimizer).flops_per_parameter()
+    return None if per is None else network.parameter_count() * per
 
 
 def training_flops(network: Network, optimizer: dict, batch_size: int) -> dict:
-    """Per example: forward, backward, update (one step's update shared by the batch), total."""
-    fwd = sum(layer.forward_flops() for layer in network.layers)
-    bwd = sum(backward_flops(layer, i > 0) for i, layer in enumerate(network.layers))
+    """Per example: forward, backward, update (one step's update shared by the batch),
+    total; layers or optimizers that declare no FLOPs count 0 (see ``summarize``)."""
+    fwd = sum(layer.forward_flops() or 0 for layer in network.layers)
+    bwd = sum(layer.backward_flops(input_grad=i > 0) or 0 for i, layer in enumerate(network.layers))
     upd = update_flops(network, optimizer)
-    return {"forward": fwd, "backward": bwd, "update_per_step": upd, "update": upd / batch_size,
-            "total": fwd + bwd + upd / batch_size, "batch_size": batch_size}
+    per_example = (upd or 0) / batch_size
+    return {"forward": fwd, "backward": bwd, "update_per_step": upd, "update": per_example,
+            "total": fwd + bwd + per_example, "batch_size": batch_size}

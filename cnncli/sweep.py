@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from cnncli import runs
-from cnncli.config import _load, apply_override, check_keys, load_config, read_yaml, sanitize_name
-from cnncli.errors import CnnCliError, ConfigError
+from cnncli import plugins, runs, yamlfiles
+from cnncli.config import apply_override, load_config
+from cnncli.errors import ConfigError, InputError, RunFolderError
+from cnncli.nn.validate import known_keys
+from cnncli.runs import sanitize_name
 
 SWEEP_KEYS = ("base", "name", "overrides", "grid", "random", "metric", "mode", "jobs", "seed")
 METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
@@ -76,8 +76,8 @@ def parse_grid_option(item: str) -> tuple[str, list]:
         raise ConfigError("--grid", "KEY=V1,V2,..., for example optimizer.lr=0.1,0.01", item)
     key, text = item.split("=", 1)
     try:
-        values = _load(f"[{text}]")  # YAML, with 1e-3 read as a float like --set does
-    except yaml.YAMLError:
+        values = yamlfiles.parse(f"[{text}]")  # YAML, with 1e-3 read as a float like --set does
+    except yamlfiles.YAMLError:
         raise ConfigError("--grid", "comma-separated YAML values", text) from None
     if not values:
         raise ConfigError(f"--grid {key}", "at least one value", text)
@@ -92,12 +92,12 @@ def make_spec(target: str, *, grid_options=(), overrides=(), name=None, metric=N
     ``grid:``/``random:`` sections; a file with a ``model`` section is a plain config.
     The base path is kept absolute, so that ``--resume`` works from any directory.
     """
-    raw = read_yaml(target)
+    raw = yamlfiles.read(target)
     if not isinstance(raw, dict):
         raise ConfigError("", "", None, raw=f"{target}: expected a config or a sweep file (a mapping)")
     if "base" in raw and "model" not in raw:
         try:
-            check_keys(raw, SWEEP_KEYS, "")
+            known_keys(raw, SWEEP_KEYS, "")
         except ConfigError as err:
             raise err.in_file(target) from None
         base = str((Path(target).parent / str(raw["base"])).absolute())
@@ -122,7 +122,7 @@ def make_spec(target: str, *, grid_options=(), overrides=(), name=None, metric=N
                      mode=mode or file_mode or "", seed=seed if seed is not None else (file_seed or 0),
                      jobs=file_jobs)
     _check_spec(spec, source)
-    spec.base_config = read_yaml(base)
+    spec.base_config = yamlfiles.read(base)
     if not isinstance(spec.base_config, dict):
         raise ConfigError("", "", None, raw=f"{base}: expected a config mapping")
     spec.trials = expand(spec)
@@ -151,7 +151,7 @@ def _check_spec(spec: SweepSpec, source: str) -> None:
                 raise bad(f"random.{key}", "a non-empty list or {low, high, log}", choice)
         elif isinstance(choice, dict):
             try:
-                check_keys(choice, ("low", "high", "log", "int"), f"random.{key}")
+                known_keys(choice, ("low", "high", "log", "int"), f"random.{key}")
             except ConfigError as err:
                 raise err.in_file(source if source != "--grid" else None) from None
             low, high = choice.get("low"), choice.get("high")
@@ -210,10 +210,14 @@ def override_strings(trial: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in trial.items()]
 
 
-def trial_configs(spec: SweepSpec) -> list[dict]:
-    """Validate every trial's config up front; an error names the trial and the key."""
+def trial_configs(spec: SweepSpec, folder: Path | None = None) -> list[dict]:
+    """Validate every trial's config up front; an error names the trial and the key.
+
+    Plugin paths are relative to the base config's folder, or to the sweep ``folder``
+    once it holds their copies (``Sweep.create``)."""
     configs = []
-    base_raw = spec.base_config if spec.base_config is not None else read_yaml(spec.base)
+    base_dir = folder if folder is not None and (folder / plugins.FOLDER).is_dir() else Path(spec.base).parent
+    base_raw = spec.base_config if spec.base_config is not None else yamlfiles.read(spec.base)
     if not isinstance(base_raw, dict):
         raise ConfigError("", "", None, raw=f"{spec.base}: expected a config mapping")
     for i, trial in enumerate(spec.trials):
@@ -221,7 +225,7 @@ def trial_configs(spec: SweepSpec) -> list[dict]:
         try:
             for item in spec.overrides + override_strings(trial):
                 apply_override(raw, item)
-            config = load_config(raw)
+            config = load_config(raw, base_dir=base_dir)
         except ConfigError as err:
             desc = ", ".join(f"{k}={v}" for k, v in trial.items())
             raise ConfigError("", "", None, raw=f"{spec.base}: trial {i} ({desc}): {err}") from None
@@ -232,8 +236,10 @@ def trial_configs(spec: SweepSpec) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ trials
-def run_trial(index: int, values: dict, target: str | None, threads: int | None = None) -> dict:
-    """Run one trial (in a worker). With ``target`` None the run folder comes back as bytes."""
+def run_trial(index: int, values: dict, target: str | None, threads: int | None = None,
+              plugin_files: dict[str, bytes] | None = None) -> dict:
+    """Run one trial (in a worker). With ``target`` None the run folder comes back as bytes;
+    ``plugin_files`` (by SHA-256) bring the plugins' sources to a worker on another machine."""
     if threads:
         _limit_threads(threads)
     from cnncli.experiment import train
@@ -241,16 +247,20 @@ def run_trial(index: int, values: dict, target: str | None, threads: int | None 
     start = time.time()
     workdir = Path(target) if target else Path(tempfile.mkdtemp(prefix="cnncli-trial-"))
     record: dict[str, Any] = {"index": index, "status": "failed", "reason": None}
+    if plugin_files:
+        values = {**values, "plugins": plugins.write_files(values["plugins"], plugin_files,
+                                                           workdir / f".plugins-{index}")}
     try:
         run = train(values, runs_dir=workdir, name=values["name"], handle_signals=False, exact_name=True)
         record.update(status="completed", path=run.path.name, metrics=_trial_metrics(run.history))
-    except CnnCliError as err:
+    except InputError as err:
         record.update(reason=f"{type(err).__name__}: {err}")
     except Exception as err:  # a trial's bug must not end the sweep; its reason is recorded
         record.update(reason=f"{type(err).__name__}: {err}")
     record["seconds"] = round(time.time() - start, 3)
     folder = workdir / values["name"]
     record["path"] = folder.name
+    shutil.rmtree(workdir / f".plugins-{index}", ignore_errors=True)
     if target is None:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -304,8 +314,12 @@ class Sweep:
     def create(cls, spec: SweepSpec, runs_dir: str | Path) -> "Sweep":
         root = Path(runs_dir) / "sweeps"
         folder = runs.create_run_dir(root, spec.name, checkpoints=False)
+        base = spec.base_config or {}
+        if base.get("plugins"):  # the sweep keeps its own copies, as the base config was read
+            resolved = plugins.resolve(base["plugins"], Path(spec.base).parent)
+            spec.base_config = {**base, "plugins": plugins.copy_into(folder, resolved)}
         sweep = cls(folder, spec)
-        runs.atomic_write_text(folder / "sweep.yaml", yaml.safe_dump(spec.as_dict(), sort_keys=False))
+        runs.atomic_write_text(folder / "sweep.yaml", yamlfiles.dump(spec.as_dict()))
         sweep.save()
         return sweep
 
@@ -313,8 +327,8 @@ class Sweep:
     def open(cls, folder: str | Path) -> "Sweep":
         folder = Path(folder)
         if not (folder / "sweep.yaml").is_file():
-            raise CnnCliError(f"{folder}: not a sweep folder (no sweep.yaml)")
-        raw = yaml.safe_load((folder / "sweep.yaml").read_text())
+            raise RunFolderError(f"{folder}: not a sweep folder (no sweep.yaml)")
+        raw = yamlfiles.read(folder / "sweep.yaml")
         trials = [t["overrides"] for t in raw.pop("trials")]
         spec = SweepSpec(**raw, trials=trials)
         records = {}
@@ -434,7 +448,7 @@ def _fmt(value, digits: int = 4) -> str:
 def run_sweep(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: str | None = None,
               on_update: Callable[[str, int, dict | None], None] | None = None) -> Sweep:
     """Run every pending trial; ``on_update(event, index, record)`` reports started/finished."""
-    configs = trial_configs(sweep.spec)  # validated up front, before any trial starts
+    configs = trial_configs(sweep.spec, sweep.folder)  # validated up front, before any trial starts
     pending = sweep.pending()
     for i in pending:  # a trial that was running or failed starts again from nothing
         folder = sweep.folder / f"trial-{i:03d}"
@@ -526,19 +540,20 @@ def _run_dask(sweep: Sweep, configs, pending, address: str | None, notify) -> No
     try:
         from dask.distributed import Client, as_completed
     except ImportError:
-        raise CnnCliError("--executor dask needs dask[distributed]: pip install 'cnncli[dask]'") from None
+        raise InputError("--executor dask needs dask[distributed]: pip install 'cnncli[dask]'") from None
     if not address:
-        raise CnnCliError("--executor dask needs --address tcp://HOST:PORT of a running scheduler")
+        raise InputError("--executor dask needs --address tcp://HOST:PORT of a running scheduler")
     try:
         client = Client(address, timeout="10s")
     except (OSError, TimeoutError) as err:
-        raise CnnCliError(f"cannot reach the Dask scheduler at {address} ({err})") from None
+        raise InputError(f"cannot reach the Dask scheduler at {address} ({err})") from None
     try:
         futures = {}
         for i in pending:
             sweep.records[i] = {"index": i, "status": "running"}
-            futures[client.submit(run_trial, i, configs[i], None, 1, pure=False, key=f"cnncli-trial-{i}-"
-                                  f"{time.time_ns()}")] = i
+            files = plugins.read_files(configs[i]["plugins"])  # workers need not share our disk
+            futures[client.submit(run_trial, i, configs[i], None, 1, files, pure=False,
+                                  key=f"cnncli-trial-{i}-{time.time_ns()}")] = i
             notify("started", i, None)
         sweep.save()
         for fut in as_completed(futures):

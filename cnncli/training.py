@@ -13,9 +13,12 @@ the dropout generators, it makes a resumed run identical, bit for bit, to an
 uninterrupted one: the epoch's order is drawn again from the saved generator state and
 the batches already done are skipped.
 
-A loss or gradient that is not finite is caught before the update: ``on_nan: stop``
-raises :class:`NonFiniteError` naming the epoch, step, learning rate and the layer whose
-gradient went non-finite first (in backward order); ``skip_batch`` drops the batch.
+A loss or gradient that is not finite is caught before it reaches the weights:
+``on_nan: stop`` raises :class:`NonFiniteError` naming the epoch, step, learning rate and
+the layer whose gradient went non-finite first (in backward order), the optimizer
+checking the gradient in its own update pass (``Optimizer.step(check_finite=True)``, the
+same single pass as ``Network.train_step``); ``skip_batch`` measures the gradient norm
+first and drops the whole batch.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from cnncli.data import Split
-from cnncli.errors import CnnCliError
+from cnncli.errors import InputError
 from cnncli.metrics import accuracy, predicted_classes
 from cnncli.nn import parallel
 from cnncli.nn.losses import Loss
@@ -36,7 +39,7 @@ from cnncli.nn.network import Network
 from cnncli.nn.optimizers import Optimizer
 
 
-class NonFiniteError(CnnCliError):
+class NonFiniteError(InputError):
     """Training produced a NaN or infinite loss or gradient (a runtime failure: exit 1)."""
 
     exit_code = 1
@@ -123,11 +126,11 @@ class FitResult:
 
 def targets_for(network: Network, labels: np.ndarray, loss: Loss | None = None) -> np.ndarray:
     """Loss targets from class labels: 0/1 floats for one output unit; class indices for
-    the class losses (categorical cross-entropy, KL); one-hot rows for the others (mse or
-    mae on several outputs)."""
+    the losses that take them (categorical cross-entropy, KL); one-hot rows for the
+    others (mse, mae, huber on several outputs)."""
     if network.output_shape == (1,):
         return labels.astype(network.dtype)
-    if loss is not None and loss.fused_activation != "softmax" and len(network.output_shape) == 1:
+    if loss is not None and not loss.takes_class_indices and len(network.output_shape) == 1:
         onehot = np.zeros((len(labels), network.output_shape[0]), dtype=network.dtype)
         onehot[np.arange(len(labels)), labels] = 1
         return onehot
@@ -135,17 +138,15 @@ def targets_for(network: Network, labels: np.ndarray, loss: Loss | None = None) 
 
 
 def evaluate(network: Network, loss: Loss, split: Split, batch_size: int = 256) -> tuple[float, float, np.ndarray]:
-    """(mean loss per example, accuracy, outputs (N, ...)) with training=False."""
+    """(mean loss per example, accuracy, predictions (N, ...)) with training=False."""
     outputs, total = [], 0.0
     fused = network.uses_logits(loss)
     for i in range(0, len(split), batch_size):
         xb, yb = split.x[i:i + batch_size], split.y[i:i + batch_size]
         out = network.forward(xb, training=False, logits=fused)
         value, _ = loss.value_and_grad(out, targets_for(network, yb, loss), from_logits=fused)
-        if fused:
-            out = network.layers[-1].activation.forward(out)
         total += value if loss.reduction == "sum" else value * len(yb)
-        outputs.append(out)
+        outputs.append(network.predictions(out, loss, fused))
     out = np.concatenate(outputs) if outputs else np.zeros((0,) + network.output_shape)
     n = max(len(split), 1)
     return total / n, accuracy(out, split.y), out
@@ -159,6 +160,21 @@ def first_nonfinite_layer(network: Network) -> str | None:
             if key in layer.params and not np.all(np.isfinite(g)):
                 return f"layers[{i}] ({layer.type_name}) {key}"
     return None
+
+
+def _apply_update(network: Network, optimizer: Optimizer, value: float, on_nan: str) -> bool:
+    """The optimizer's update for the gradients just computed, unless the loss or a
+    gradient is not finite (then False). ``stop`` checks the gradient inside the update
+    pass; ``skip_batch`` measures the norm first, so a dropped batch leaves no trace."""
+    if not math.isfinite(value):
+        return False
+    params, grads = network.parameters(), network.gradients()
+    if on_nan == "skip_batch":
+        norm = optimizer.gradient_norm(grads)
+        if not math.isfinite(norm):
+            return False
+        return optimizer.step(params, grads, grad_norm=norm)
+    return optimizer.step(params, grads, check_finite=True)
 
 
 def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, validation: Split | None, *,
@@ -204,24 +220,20 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
             # thread at most once per step, not once per phase.
             with parallel.engine():
                 value, out = network.loss_and_gradients(xb, targets_for(network, yb, loss), loss)
-                grads = network.gradients()
-                norm = optimizer.gradient_norm(grads)
-                if not (math.isfinite(value) and math.isfinite(norm)):
-                    if on_nan == "skip_batch":
-                        state.skipped += 1
-                        for k, v in network.buffers().items():
-                            v[...] = kept[k]
-                    else:
-                        layer = first_nonfinite_layer(network)
-                        what = f"the gradient of {layer}" if layer and math.isfinite(value) else f"the loss ({value})"
-                        raise NonFiniteError(f"{what} is not finite at epoch {epoch}, step {optimizer.t + 1} "
-                                             f"(batch {b + 1} of {steps_per_epoch}), learning rate "
-                                             f"{optimizer.current_lr():.6g}")
-                else:
-                    optimizer.step(network.parameters(), grads, grad_norm=norm)
+                if _apply_update(network, optimizer, value, on_nan):
                     state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
                     state.correct += int(np.sum(predicted_classes(out) == yb))
                     state.seen += len(idx)
+                elif on_nan == "skip_batch":
+                    state.skipped += 1
+                    for k, v in network.buffers().items():
+                        v[...] = kept[k]
+                else:
+                    layer = first_nonfinite_layer(network)
+                    what = f"the gradient of {layer}" if layer and math.isfinite(value) else f"the loss ({value})"
+                    raise NonFiniteError(f"{what} is not finite at epoch {epoch}, step {optimizer.t + 1} "
+                                         f"(batch {b + 1} of {steps_per_epoch}), learning rate "
+                                         f"{optimizer.current_lr():.6g}")
             state.batch = b + 1
             elapsed = time.perf_counter() - start
             state.seconds = elapsed

@@ -1,8 +1,11 @@
 """Pictures of what a network computes and learned: PNG files (matplotlib, Agg).
 
-* ``kernels_png``: the first conv layer's kernels as colour patches (each kernel scaled
-  to [0, 1] on its own; one input channel gives grey, more than three the channel mean);
-* ``feature_maps_png``: each conv layer's output channels for one image;
+* ``kernels_png``: the first convolutional layer's kernels as colour patches (each
+  kernel scaled to [0, 1] on its own; one input channel gives grey, more than three the
+  channel mean); a layer is convolutional when it has a 4-D ``kernel`` (HWIO), plugins'
+  layers included;
+* ``feature_maps_png``: each convolutional layer's output channels for one image;
+* ``curves_png``: loss and accuracy against epoch, training and validation;
 * ``function_plot_png``: activations or losses of the paper's Tables 1 and 2 with their
   derivatives.
 """
@@ -36,13 +39,16 @@ def _save(fig, path: Path, dpi: int = 100) -> Path:
     return path
 
 
+def _convolutional(layer) -> bool:
+    kernel = layer.params.get("kernel")
+    return kernel is not None and kernel.ndim == 4
+
+
 def kernels_png(network, path: Path) -> Path:
     """Grid of the first conv layer's kernels, (kh, kw, C) each, as colour patches."""
-    from cnncli.nn.layers import Conv2D
-
-    conv = next((l for l in network.layers if isinstance(l, Conv2D)), None)
+    conv = next((l for l in network.layers if _convolutional(l)), None)
     if conv is None:
-        raise ValueError("the network has no conv2d layer")
+        raise ValueError("the network has no convolutional layer (none with a 4-D kernel)")
     kernel = conv.params["kernel"].astype(np.float64)  # (kh, kw, C, F)
     kh, kw, c, f = kernel.shape
     cols = math.ceil(math.sqrt(f))
@@ -61,25 +67,18 @@ def kernels_png(network, path: Path) -> Path:
         patch = (patch - lo) / (hi - lo) if hi > lo else np.zeros_like(patch)
         ax.imshow(patch[:, :, 0] if patch.shape[2] == 1 else patch, cmap="gray" if patch.shape[2] == 1 else None,
                   interpolation="nearest")
-    fig.suptitle(f"first conv layer: {f} kernels {kh}x{kw}x{c}", fontsize=9)
+    fig.suptitle(f"first {conv.type_name} layer: {f} kernels {kh}x{kw}x{c}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def feature_maps_png(network, image: np.ndarray, out_dir: Path, max_channels: int = 32) -> list[Path]:
     """One PNG per conv layer: its (activated) output channels for ``image`` (H, W, C)."""
-    from cnncli.nn.layers import Conv2D
-
     plt = _pyplot()
     paths = []
-    a = image[None].astype(network.dtype)  # (1, H, W, C)
-    outputs = []
-    with network.unfused():  # each layer's own (activated, NHWC) output
-        for layer in network.layers:
-            a = layer.forward(a, training=False)
-            outputs.append(a)
+    outputs = network.layer_outputs(image[None])  # each layer's own (activated, NHWC) output
     for i, (layer, a) in enumerate(zip(network.layers, outputs)):
-        if not isinstance(layer, Conv2D):
+        if not _convolutional(layer) or a.ndim != 4:
             continue
         maps = a[0]  # (H', W', F)
         f = min(maps.shape[2], max_channels)
@@ -91,11 +90,28 @@ def feature_maps_png(network, image: np.ndarray, out_dir: Path, max_channels: in
             ax.axis("off")
             if k < f:
                 ax.imshow(maps[:, :, k], cmap="viridis", interpolation="nearest")
-        fig.suptitle(f"layers[{i}] conv2d: {f} of {maps.shape[2]} feature maps, {maps.shape[0]}x{maps.shape[1]}",
+        fig.suptitle(f"layers[{i}] {layer.type_name}: {f} of {maps.shape[2]} feature maps, {maps.shape[0]}x{maps.shape[1]}",
                      fontsize=9)
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"feature_maps_layer{i}.png"))
     return paths
+
+
+def curves_png(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy against epoch (rows of metrics.jsonl), training and validation."""
+    plt = _pyplot()
+    epochs = [m["epoch"] for m in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title, ylabel in ((ax_loss, "loss", "Loss", "loss (mean per example)"),
+                                   (ax_acc, "accuracy", "Accuracy", "accuracy")):
+        ax.plot(epochs, [m[key] for m in history], marker="o", label="train")
+        if history[0].get(f"val_{key}") is not None:
+            ax.plot(epochs, [m[f"val_{key}"] for m in history], marker="o", label="validation")
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def function_plot_png(kind: str, names: list[str], path: Path) -> Path:
@@ -108,14 +124,14 @@ def function_plot_png(kind: str, names: list[str], path: Path) -> Path:
         z = np.linspace(-5, 5, 501)
         for name in names:
             act = make_activation(name)
-            if name == "softmax":  # along a row: the first of two logits (z, 0)
+            if act.sums_to_one:  # along a row: the first of two logits (z, 0)
                 zz = np.stack([z, np.zeros_like(z)], axis=1)
                 a = act.forward(zz)[:, 0]
                 d = a * (1 - a)
-                label = "softmax(z, 0)[0]"
+                label = f"{name}(z, 0)[0]"
             else:
                 a = act.forward(z)
-                d = act.backward(a, np.ones_like(a))
+                d = act.derivative(z)
                 label = name
             ax_f.plot(z, a, label=label)
             ax_d.plot(z, d, label=label)
@@ -128,7 +144,7 @@ def function_plot_png(kind: str, names: list[str], path: Path) -> Path:
         for name in names:
             loss = make_loss({"name": name, "reduction": "sum"})
             for target in (1.0, 0.0):
-                if loss.fused_activation == "softmax":
+                if loss.takes_class_indices:  # a distribution over classes per example
                     pred = np.stack([p, 1 - p], axis=1)
                     y = np.tile([target, 1 - target], (len(p), 1))
                     values = [loss(pred[i:i + 1], y[i:i + 1]) for i in range(len(p))]

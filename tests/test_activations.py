@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from cnncli.errors import ConfigError
-from cnncli.nn.activations import ACTIVATIONS, LeakyReLU, log_sigmoid, make_activation, sigmoid
+from cnncli.nn.activations import ACTIVATIONS, make_activation
+from cnncli.nn.activations.leaky_relu import LeakyReLU
+from cnncli.nn.functional import log_sigmoid, sigmoid
 from cnncli.nn.gradcheck import numerical_gradient, relative_error
 
 SPECS = ["sigmoid", "tanh", "relu", "leaky_relu", {"name": "leaky_relu", "negative_slope": 0.25},

@@ -596,7 +596,7 @@ def test_kernels_picture_grows_with_the_filters(tmp_path):
         assert [p.name for p in maps] == ["feature_maps_layer0.png"]
         assert_png(maps[0], grid_size(filters, 1.1))
     assert sizes[16][0] > sizes[4][0] and sizes[16][1] > sizes[4][1]
-    with pytest.raises(ValueError, match="no conv2d"):
+    with pytest.raises(ValueError, match="no convolutional layer"):
         kernels_png(_net([{"type": "flatten"}, {"type": "dense", "units": 2}], (4, 4, 1)), tmp_path / "none.png")
 
 
@@ -624,8 +624,6 @@ def test_plot_bad_names(tmp_path):
 
 # ======================================================================= 5. summary
 def test_summary_json_has_backward_and_update_flops():
-    from cnncli.summary import backward_flops
-
     res = invoke("summary", PAPER, "--format", "json")
     assert_ok(res)
     s = json.loads(res.stdout)
@@ -641,7 +639,7 @@ def test_summary_json_has_backward_and_update_flops():
     assert s["update_flops"] == 2 * s["params"] and s["batch_size"] == 32 and s["optimizer"] == "sgd"
     cfg = load_config(str(PAPER), check_paths=False, check_memory=False)
     net = build_network(cfg.values, allocate=False)
-    assert [r["backward_flops"] for r in rows] == [backward_flops(l, i > 0) for i, l in enumerate(net.layers)]
+    assert [r["backward_flops"] for r in rows] == [l.backward_flops(input_grad=i > 0) for i, l in enumerate(net.layers)]
     assert s["backward_flops"] == training_flops(net, cfg["optimizer"], 32)["backward"]
 
 

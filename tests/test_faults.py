@@ -898,6 +898,7 @@ KEYS = ["name", "seed", "data", "model", "loss", "optimizer", "train", "eval", "
         "weight_decay", "clip_norm", "schedule", "gamma", "step_size", "decay_steps", "t_max", "min_lr", "decay",
         "reduction", "half", "epochs", "batch_size", "shuffle", "validation_split", "early_stopping", "patience",
         "monitor", "min_delta", "restore_best", "checkpoint_every", "on_nan", "dtype", "checkpoint", "junk", "",
+        "plugins", "file", "sha256", "from_logits", "implementation",
         "0", "__class__", "Name"]
 WORDS = ["adam", "sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "conv2d", "dense", "flatten",
          "max_pool2d", "avg_pool2d", "global_avg_pool2d", "dropout", "batch_norm", "activation", "relu",
@@ -918,7 +919,7 @@ junk = st.recursive(scalars, lambda inner: st.one_of(
 plausible = st.one_of(st.integers(0, 40), st.sampled_from(WORDS), st.floats(0, 2), st.booleans(), st.none(),
                       st.lists(st.integers(0, 20), max_size=3), st.sampled_from([10**6, 2**40, 2**60, 2**64]))
 values = st.one_of(plausible, plausible, plausible, junk)
-KEY_PATHS = ["name", "seed", "data.source", "data.num_samples", "data.num_classes", "data.path", "data.limit",
+KEY_PATHS = ["name", "seed", "plugins", "plugins[0]", "loss.from_logits", "data.source", "data.num_samples", "data.num_classes", "data.path", "data.limit",
              "model.input_shape", "model.input_shape[0]", "model.layers", "model.layers[0]",
              "model.layers[0].filters", "model.layers[0].kernel_size", "model.layers[0].padding",
              "model.layers[0].activation", "model.layers[1].pool_size", "model.layers[-1].units",
@@ -990,8 +991,8 @@ def test_any_config_document_gives_a_config_or_a_user_error(tmp_path, document, 
     except CnnCliError as err:
         assert str(err).strip(), repr(err)
         return
-    assert isinstance(config.values, dict) and set(config.values) == {"name", "seed", "data", "model", "loss",
-                                                                       "optimizer", "train", "eval"}
+    assert isinstance(config.values, dict) and set(config.values) == {"name", "seed", "plugins", "data", "model",
+                                                                       "loss", "optimizer", "train", "eval"}
     # A run folder keeps config.yaml, and resume and eval read it back: it must load to the same values.
     saved = tmp_path / "run-config.yaml"
     saved.write_text(config.to_yaml(), encoding="utf-8")

@@ -14,7 +14,7 @@ from cnncli.nn import Network
 from cnncli.nn.gradcheck import check_layer
 from cnncli.nn.layers import (LAYERS, ActivationLayer, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout,
                               Flatten, GlobalAvgPool2D, MaxPool2D)
-from cnncli.registry import construct
+from cnncli.nn.registry import construct
 
 # Every test twice: serially and with the work split over the engine's threads.
 engine_mode = serial_and_split()

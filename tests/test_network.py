@@ -4,7 +4,6 @@ checks of a whole network, seeds and dtypes, state, shape errors, overfitting, s
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -55,7 +54,7 @@ def test_figure2_matches_table5(make):
     assert (weights, biases) == (1_234_100, 693)
     assert net.parameter_count() == 1_234_793 == weights + biases
     assert net.output_shape == (1,)
-    assert net.output_activation == "sigmoid"
+    assert net.output_activation.name == "sigmoid"
     shapes = {k: v.shape for k, v in net.parameters().items()}
     assert shapes == {
         "layers.0.kernel": (5, 5, 3, 64), "layers.0.bias": (64,),
@@ -201,36 +200,122 @@ def test_flatten_order_is_hwc():
                 assert out[0, (h * 3 + w) * 4 + c] == x[0, h, w, c]
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
-@pytest.mark.parametrize("activation", ["tanh", "relu", None])
-def test_fused_conv_pooling_equals_the_layers_as_written(activation, training):
-    """Rows blocked by pooling offset and the activation after pooling compute what the
-    layers as written compute, ties included (relu makes many), forward and backward."""
-    rng = np.random.default_rng(5)
-    net = Network([
-        {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": activation},   # 10x10 -> 8x8
-        {"type": "max_pool2d", "pool_size": 2},
-        {"type": "conv2d", "filters": 3, "kernel_size": 2, "padding": "same", "activation": activation},
-        {"type": "max_pool2d", "pool_size": 2},
-        {"type": "flatten"},
-        {"type": "dense", "units": 2},
-    ]).build((10, 10, 2), seed=0, dtype="float64")
-    assert net.layers[0].blocks == (2, 2) and net.layers[1].blocked_input
-    for v in net.parameters().values():  # small integers everywhere: many equal maxima
+FUSABLE = [
+    {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "ACT"},   # 10x10 -> 8x8
+    {"type": "max_pool2d", "pool_size": 2},
+    {"type": "conv2d", "filters": 3, "kernel_size": 2, "padding": "same", "activation": "ACT"},
+    {"type": "max_pool2d", "pool_size": 2},
+    {"type": "flatten"},
+    {"type": "dense", "units": 2},
+]
+
+
+def _run_both(layers, activation, training, *, fast_reference=False, seed=5):
+    """(fused fast network, the same layers as written) on small-integer weights and
+    inputs (many equal maxima), forward and backward; returns both results."""
+    rng = np.random.default_rng(seed)
+    specs = [{k: (activation if v == "ACT" else v) for k, v in spec.items()} for spec in layers]
+    plain_specs = [{**s, "implementation": "reference"} if fast_reference and s["type"] == "conv2d" else s
+                   for s in specs]
+    fused = Network(specs).build((10, 10, 2), seed=0, dtype="float64")
+    plain = Network(plain_specs).build((10, 10, 2), seed=0, dtype="float64", fuse=False)
+    for key, v in fused.parameters().items():
         v[...] = rng.integers(-1, 2, v.shape)
+        plain.parameters()[key][...] = v
     x = rng.integers(0, 3, (5, 10, 10, 2)).astype(float)
     dy = rng.standard_normal((5, 2))
     results = []
-    for fused in (True, False):
-        with contextlib.nullcontext() if fused else net.unfused():
-            y = net.forward(x, training)
-            dx = net.backward(dy, input_grad=True)
-            results.append((y, dx, {k: g.copy() for k, g in net.gradients().items()}))
+    for net in (fused, plain):
+        y = net.forward(x, training)
+        dx = net.backward(dy, input_grad=True)
+        results.append((y, dx, {k: g.copy() for k, g in net.gradients().items()}))
+    return fused, results
+
+
+def _assert_same(results):
     (y1, dx1, g1), (y2, dx2, g2) = results
     np.testing.assert_allclose(y1, y2, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(dx1, dx2, rtol=1e-12, atol=1e-12)
     for key in g1:
         np.testing.assert_allclose(g1[key], g2[key], rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", None])
+def test_fused_conv_pooling_equals_the_layers_as_written(activation, training):
+    """Rows blocked by pooling offset and the activation after pooling compute what the
+    layers as written compute, ties included (relu makes many), forward and backward."""
+    from cnncli.nn.fusion import ConvMaxPool
+
+    fused, results = _run_both(FUSABLE, activation, training)
+    assert [type(s) for s in fused.steps][:2] == [ConvMaxPool, ConvMaxPool]
+    _assert_same(results)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", None])
+def test_fast_fused_convolution_equals_the_reference_convolution(activation, training):
+    """The fast conv (workspaces, threads, blocked rows, fused pooling) against the
+    readable reference (plain im2col, one product, col2im), layers as written."""
+    _, results = _run_both(FUSABLE, activation, training, fast_reference=True)
+    _assert_same(results)
+
+
+@pytest.mark.parametrize("spec", [
+    {"filters": 3, "kernel_size": 3, "stride": 2, "padding": "same", "dilation": 1},
+    {"filters": 2, "kernel_size": [2, 3], "dilation": [2, 1], "padding": [1, 2]},
+    {"filters": 4, "kernel_size": 1, "use_bias": False},
+])
+def test_fast_convolution_equals_the_reference_on_strides_dilation_padding(spec):
+    rng = np.random.default_rng(3)
+    fast = Conv2D(**spec)
+    fast.build((7, 6, 3), rng, np.float64)
+    ref = Conv2D(**spec, implementation="reference")
+    ref.build((7, 6, 3), np.random.default_rng(0), np.float64)
+    for k, v in fast.params.items():
+        ref.params[k][...] = v
+    x = rng.standard_normal((4, 7, 6, 3))
+    z = fast.forward(x)
+    np.testing.assert_allclose(z, ref.forward(x), rtol=1e-12, atol=1e-12)
+    dz = rng.standard_normal(z.shape)
+    np.testing.assert_allclose(fast.backward(dz), ref.backward(dz), rtol=1e-12, atol=1e-12)
+    for k in fast.grads:
+        np.testing.assert_allclose(fast.grads[k], ref.grads[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def test_activation_after_pooling_is_one_step_for_any_monotonic_layer():
+    """An activation layer (or a reference conv) before max pooling: g runs after the
+    pooling, in one step, and gives what the layers as written give."""
+    from cnncli.nn.fusion import PoolAfterActivation
+
+    layers = [{"type": "conv2d", "filters": 3, "kernel_size": 3, "implementation": "reference"},
+              {"type": "relu"}, {"type": "max_pool2d", "pool_size": 2},
+              {"type": "conv2d", "filters": 2, "kernel_size": 2, "activation": "ACT",
+               "implementation": "reference"}, {"type": "max_pool2d", "pool_size": 3, "stride": 1},
+              {"type": "flatten"}, {"type": "dense", "units": 2}]
+    for training in (True, False):
+        fused, results = _run_both(layers, "sigmoid", training)
+        assert [type(s).__name__ for s in fused.steps] == ["Single", "PoolAfterActivation", "PoolAfterActivation",
+                                                           "Single", "Single"]
+        assert isinstance(fused.steps[1], PoolAfterActivation)
+        _assert_same(results)
+
+
+def test_non_monotonic_activation_is_never_moved_after_pooling():
+    from cnncli.nn import Activation
+    from cnncli.nn.fusion import plan
+
+    class Bump(Activation):  # not registered: used as an instance
+        def forward(self, z):
+            return -z * z
+
+        def derivative(self, z):
+            return -2 * z
+
+    net = Network([{"type": "conv2d", "filters": 2, "kernel_size": 3},
+                   {"type": "max_pool2d"}, {"type": "flatten"}]).build((6, 6, 1), seed=0)
+    net.layers[0].activation = Bump()
+    assert [type(s).__name__ for s in plan(net.layers)] == ["Single", "Single", "Single"]
 
 
 # ----------------------------------------------------------- c. whole-network gradient check

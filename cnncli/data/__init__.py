@@ -166,6 +166,15 @@ def check_labels(y: np.ndarray, num_classes: int, outputs: int, where: str) -> N
         raise DataError(f"{where}: {num_classes} classes, but the network has {outputs} outputs")
 
 
+#: What a run without recorded statistics used: integer images divided by 255.
+DEFAULT_NORMALIZATION = {"mode": "scale", "scale": 255.0}
+
+
+def normalization_of(info: dict) -> dict:
+    """The normalization a run recorded in its ``data.json`` (or the default)."""
+    return info.get("normalization") or dict(DEFAULT_NORMALIZATION)
+
+
 def fit_normalization(x_train: np.ndarray, mode: str) -> dict:
     """The transform's parameters, from the training split only."""
     scale = 255.0 if x_train.dtype.kind in "ui" and mode != "none" else 1.0

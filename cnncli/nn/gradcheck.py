@@ -100,16 +100,13 @@ def check_layer(layer, x: np.ndarray, *, training: bool = True, seed: int = 0, h
 
 def _max_pool_ties(network, inputs: list[np.ndarray]) -> bool:
     """Whether a max pooling window of this forward pass holds its maximum twice."""
-    from cnncli.nn.layers.conv import pad_input
+    from cnncli.nn.layers.windows import pad_input
 
     for layer, x in zip(network.layers, inputs):
         if layer.type_name != "max_pool2d":
             continue
-        if getattr(layer, "blocked_input", False):  # (P, N, H', W', C): one block per offset
-            views = list(x)
-        else:
-            xp = pad_input(x, layer.pads, -np.inf)
-            views = [xp[:, rows, cols, :] for _, _, rows, cols in layer._offsets()]
+        xp = pad_input(x, layer.pads, -np.inf)
+        views = [xp[:, rows, cols, :] for _, _, rows, cols in layer.offsets()]
         out = np.maximum.reduce(views)
         if np.any(sum((v == out).astype(np.int64) for v in views) > 1):
             return True

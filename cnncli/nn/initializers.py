@@ -19,6 +19,10 @@ zeros, ones        constants
 The ``*_normal`` initializers draw an untruncated normal. Values are drawn in float64
 from the network's ``numpy.random.Generator`` and then cast, so the same seed gives the
 same weights, bit for bit, and float32 weights are the rounded float64 ones.
+
+An initializer of your own subclasses :class:`Initializer` and defines ``sample``; a
+layer names it like a built-in (``kernel_initializer: my_init`` or
+``{name: my_init, scale: 0.5}``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import math
 
 import numpy as np
 
-from cnncli.registry import Registry
+from cnncli.nn.errors import ShapeError
+from cnncli.nn.registry import Component, Registry, construct, placeholder, register
 
 INITIALIZERS: Registry = Registry("initializer")
 
@@ -40,78 +45,125 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return receptive * shape[-2], receptive * shape[-1]
 
 
-def _uniform(rng, shape, limit):
-    return rng.uniform(-limit, limit, size=shape)
+class Initializer(Component):
+    """``sample(shape, rng, fan_in, fan_out)`` -> float64 values of ``shape``.
+
+    Layers pass their own fans (a bias gets its kernel's); ``fans(shape)`` is the
+    default when a caller gives none.
+    """
+
+    registry = INITIALIZERS
+    required_methods = (("sample",),)
+    name = "initializer"
+
+    @placeholder
+    def sample(self, shape: tuple[int, ...], rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def config(self) -> str | dict:
+        """The name alone, or ``{name, **keywords}`` when the initializer takes any."""
+        args = self.init_arguments()
+        return {"name": self.name, **args} if args else self.name
+
+    def __call__(self, shape, rng, fan_in=None, fan_out=None) -> np.ndarray:
+        fi, fo = fans(tuple(shape))
+        return self.sample(tuple(shape), rng, fi if fan_in is None else fan_in, fo if fan_out is None else fan_out)
 
 
-def _normal(rng, shape, std):
-    return rng.normal(0.0, std, size=shape)
+class _Uniform(Initializer):
+    def limit(self, fan_in: int, fan_out: int) -> float:
+        raise NotImplementedError
+
+    def sample(self, shape, rng, fan_in, fan_out):
+        a = self.limit(fan_in, fan_out)
+        return rng.uniform(-a, a, size=shape)
 
 
-@INITIALIZERS.register("glorot_uniform")
-def glorot_uniform(shape, rng, fan_in=None, fan_out=None):
-    fi, fo = fans(shape) if fan_in is None else (fan_in, fan_out)
-    return _uniform(rng, shape, math.sqrt(6.0 / (fi + fo)))
+class _Normal(Initializer):
+    def std(self, fan_in: int, fan_out: int) -> float:
+        raise NotImplementedError
+
+    def sample(self, shape, rng, fan_in, fan_out):
+        return rng.normal(0.0, self.std(fan_in, fan_out), size=shape)
 
 
-@INITIALIZERS.register("glorot_normal")
-def glorot_normal(shape, rng, fan_in=None, fan_out=None):
-    fi, fo = fans(shape) if fan_in is None else (fan_in, fan_out)
-    return _normal(rng, shape, math.sqrt(2.0 / (fi + fo)))
+@register("glorot_uniform")
+class GlorotUniform(_Uniform):
+    def limit(self, fan_in, fan_out):
+        return math.sqrt(6.0 / (fan_in + fan_out))
 
 
-@INITIALIZERS.register("he_uniform")
-def he_uniform(shape, rng, fan_in=None, fan_out=None):
-    fi = fans(shape)[0] if fan_in is None else fan_in
-    return _uniform(rng, shape, math.sqrt(6.0 / fi))
+@register("glorot_normal")
+class GlorotNormal(_Normal):
+    def std(self, fan_in, fan_out):
+        return math.sqrt(2.0 / (fan_in + fan_out))
 
 
-@INITIALIZERS.register("he_normal")
-def he_normal(shape, rng, fan_in=None, fan_out=None):
-    fi = fans(shape)[0] if fan_in is None else fan_in
-    return _normal(rng, shape, math.sqrt(2.0 / fi))
+@register("he_uniform")
+class HeUniform(_Uniform):
+    def limit(self, fan_in, fan_out):
+        return math.sqrt(6.0 / fan_in)
 
 
-@INITIALIZERS.register("lecun_uniform")
-def lecun_uniform(shape, rng, fan_in=None, fan_out=None):
-    fi = fans(shape)[0] if fan_in is None else fan_in
-    return _uniform(rng, shape, math.sqrt(3.0 / fi))
+@register("he_normal")
+class HeNormal(_Normal):
+    def std(self, fan_in, fan_out):
+        return math.sqrt(2.0 / fan_in)
 
 
-@INITIALIZERS.register("lecun_normal")
-def lecun_normal(shape, rng, fan_in=None, fan_out=None):
-    fi = fans(shape)[0] if fan_in is None else fan_in
-    return _normal(rng, shape, math.sqrt(1.0 / fi))
+@register("lecun_uniform")
+class LecunUniform(_Uniform):
+    def limit(self, fan_in, fan_out):
+        return math.sqrt(3.0 / fan_in)
 
 
-@INITIALIZERS.register("pytorch_default")
-def pytorch_default(shape, rng, fan_in=None, fan_out=None):
+@register("lecun_normal")
+class LecunNormal(_Normal):
+    def std(self, fan_in, fan_out):
+        return math.sqrt(1.0 / fan_in)
+
+
+@register("pytorch_default")
+class PytorchDefault(_Uniform):
     """torch.nn's default for Conv2d and Linear: U(+-1/sqrt(fan_in)) for weights and biases.
 
     A bias must be given the fan_in of its layer's kernel, which layers pass explicitly.
     """
-    fi = fans(shape)[0] if fan_in is None else fan_in
-    return _uniform(rng, shape, 1.0 / math.sqrt(fi))
+
+    def limit(self, fan_in, fan_out):
+        return 1.0 / math.sqrt(fan_in)
 
 
-@INITIALIZERS.register("zeros")
-def zeros(shape, rng, fan_in=None, fan_out=None):
-    return np.zeros(shape)
+@register("zeros")
+class Zeros(Initializer):
+    def sample(self, shape, rng, fan_in, fan_out):
+        return np.zeros(shape)
 
 
-@INITIALIZERS.register("ones")
-def ones(shape, rng, fan_in=None, fan_out=None):
-    return np.ones(shape)
+@register("ones")
+class Ones(Initializer):
+    def sample(self, shape, rng, fan_in, fan_out):
+        return np.ones(shape)
 
 
-def initialize(name: str, shape: tuple[int, ...], rng: np.random.Generator, dtype,
+def make_initializer(spec: object, path: str = "initializer") -> Initializer:
+    """An Initializer from a name, a ``{name: ..., **kwargs}`` dict or an instance."""
+    if isinstance(spec, Initializer):
+        return spec
+    return construct(INITIALIZERS, spec, path)
+
+
+def initialize(initializer: Initializer, shape: tuple[int, ...], rng: np.random.Generator | None, dtype,
                fan_in: int | None = None, fan_out: int | None = None) -> np.ndarray:
-    """Draw an array of ``shape`` with the named initializer and cast it to ``dtype``.
+    """Draw an array of ``shape`` with ``initializer`` and cast it to ``dtype``.
 
     Without a generator (``rng=None``: a network built with ``allocate=False``) the result
     is a read-only zero-strided placeholder of the right shape that takes no memory.
     """
     if rng is None:
         return np.broadcast_to(np.zeros((), dtype=dtype), tuple(shape))
-    values = INITIALIZERS.get(name)(tuple(shape), rng, fan_in, fan_out)
+    values = initializer(tuple(shape), rng, fan_in, fan_out)
+    if np.shape(values) != tuple(shape):
+        raise ShapeError(None, f"initializer {initializer.name!r} returned an array of shape {np.shape(values)} for "
+                               f"a parameter of shape {tuple(shape)}")
     return np.ascontiguousarray(values, dtype=dtype)

@@ -12,21 +12,23 @@
 
 Parameters are named ``layers.<index>.<name>`` (``layers.0.kernel``, ``layers.0.bias``,
 ``layers.3.gamma``); batch-norm running statistics are buffers with the same naming.
+
+``layers`` are the layers as configured; ``steps`` is how they run (``cnncli.nn.fusion``:
+a conv and the max pooling after it may run as one step).
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
-from cnncli.errors import CheckpointError, ConfigError, ShapeError
 from cnncli.nn import parallel
-from cnncli.nn.activations import Linear
+from cnncli.nn.activations import Activation, make_activation
+from cnncli.nn.errors import CheckpointError, ConfigError, ShapeError
+from cnncli.nn.fusion import Step, plan
 from cnncli.nn.layers import LAYERS, ActivatedLayer, Layer
 from cnncli.nn.losses import Loss
 from cnncli.nn.optimizers import Optimizer
-from cnncli.registry import construct
+from cnncli.nn.registry import construct
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -41,6 +43,7 @@ class Network:
         for i, spec in enumerate(layers):
             layer = spec if isinstance(spec, Layer) else construct(LAYERS, spec, f"layers[{i}]", key="type")
             self.layers.append(layer)
+        self.steps: list[Step] = []
         self.input_shape: tuple[int, ...] | None = None
         self.output_shape: tuple[int, ...] | None = None
         self.dtype = np.dtype(np.float32)
@@ -48,12 +51,14 @@ class Network:
 
     # -- construction ---------------------------------------------------------------
     def build(self, input_shape, seed: int | np.random.Generator | None = 0, dtype="float32", *,
-              allocate: bool = True) -> "Network":
+              allocate: bool = True, fuse: bool = True) -> "Network":
         """Create every parameter now, from a seeded generator; check every shape.
 
-        Raises ShapeError naming the layer index when a layer cannot take its input.
-        ``allocate=False`` checks shapes and sizes only: parameters are zero-strided
-        placeholders that take no memory, so a size estimate can come before allocation.
+        Raises ShapeError naming the layer index when a layer cannot take its input (or,
+        for a layer that asks for it, when a forward pass of two examples does not give
+        the output shape it announced). ``allocate=False`` checks shapes and sizes only:
+        parameters are zero-strided placeholders that take no memory, so a size estimate
+        can come before allocation. ``fuse=False`` runs every layer as written.
         """
         shape = tuple(input_shape)
         if not shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
@@ -72,69 +77,21 @@ class Network:
         self.input_shape = tuple(int(d) for d in shape)
         for i, layer in enumerate(self.layers):
             try:
-                shape = layer.build(shape, rng, self.dtype)
+                out = layer.build(shape, rng, self.dtype)
+                if allocate and layer.check_output_shape:
+                    _probe(layer, shape, out, self.dtype)
             except ShapeError as err:
                 raise ShapeError(i, err.message) from None
+            shape = out
         self.output_shape = tuple(shape)
-        self._fuse_pooling()
+        self.steps = plan(self.layers, fuse)
         return self
 
-    def _fuse_pooling(self) -> None:
-        """Let max pooling apply the monotonic activation of the layer before it.
-
-        ``maxpool(g(z)) = g(maxpool(z))`` for non-decreasing ``g``, so the activation and
-        its derivative run on the pooled values only. The network computes the same
-        function; only the order of two operations changes.
-        """
-        from cnncli.nn.layers import MaxPool2D
-
-        from cnncli.nn.layers import Conv2D
-
-        for before, pool in zip(self.layers, self.layers[1:]):
-            if not isinstance(pool, MaxPool2D):
-                continue
-            if (isinstance(before, ActivatedLayer) and not isinstance(before.activation, Linear)
-                    and before.activation.monotonic):
-                before.activation_deferred = True
-                pool.post_activation = before.activation
-            # A pooling that tiles its input exactly (stride = pool size, no padding) lets the
-            # conv before it emit rows grouped by window offset: the pooling then reads
-            # contiguous blocks instead of strided views, forward and backward.
-            if (isinstance(before, Conv2D) and (before.activation_deferred or isinstance(before.activation, Linear))
-                    and pool.stride == pool.pool_size and not any(pool.pads)
-                    and before.out_hw[0] % pool.pool_size[0] == 0 and before.out_hw[1] % pool.pool_size[1] == 0
-                    and pool.out_hw == (before.out_hw[0] // pool.pool_size[0],
-                                        before.out_hw[1] // pool.pool_size[1])):
-                before.blocks = pool.pool_size
-                pool.blocked_input = True
-
-    @contextlib.contextmanager
-    def unfused(self):
-        """Run the layers as written (activation, then pooling; NHWC between every pair),
-        for code that looks at each layer's output, such as feature-map pictures."""
-        saved = [(l, getattr(l, "activation_deferred", None), getattr(l, "blocks", None),
-                  getattr(l, "post_activation", None), getattr(l, "blocked_input", None)) for l in self.layers]
-        for layer in self.layers:
-            for attr, off in (("activation_deferred", False), ("blocks", None), ("post_activation", None),
-                              ("blocked_input", False)):
-                if hasattr(layer, attr):
-                    setattr(layer, attr, off)
-        try:
-            yield self
-        finally:
-            for layer, deferred, blocks, post, blocked in saved:
-                for attr, value in (("activation_deferred", deferred), ("blocks", blocks),
-                                    ("post_activation", post), ("blocked_input", blocked)):
-                    if value is not None:
-                        setattr(layer, attr, value)
-
     @property
-    def output_activation(self) -> str | None:
-        """Name of the last layer's activation (None when it ends without one)."""
+    def output_activation(self) -> Activation:
+        """The last layer's activation (``linear`` when it has none)."""
         last = self.layers[-1]
-        if isinstance(last, ActivatedLayer) and not isinstance(last.activation, Linear):
-            return last.activation.name
-        return None
+        return last.activation if isinstance(last, ActivatedLayer) else make_activation(None)
 
     def config(self) -> list[dict]:
         return [layer.config() for layer in self.layers]
@@ -147,13 +104,10 @@ class Network:
         """
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
-        last = len(self.layers) - 1
+        last = len(self.steps) - 1
         with parallel.engine():
-            for i, layer in enumerate(self.layers):
-                if i == last and logits and isinstance(layer, ActivatedLayer):
-                    x = layer.forward(x, training, logits=True)
-                else:
-                    x = layer.forward(x, training)
+            for i, step in enumerate(self.steps):
+                x = step.forward(x, training, logits=logits and i == last)
         return x
 
     def backward(self, dy: np.ndarray, *, logits: bool = False, input_grad: bool = False):
@@ -163,21 +117,39 @@ class Network:
         first layer skips that product and None is returned).
         """
         self.layers[0].needs_input_grad = input_grad
-        last = len(self.layers) - 1
+        last = len(self.steps) - 1
         with parallel.engine():
             for i in range(last, -1, -1):
-                layer = self.layers[i]
-                if i == last and logits and isinstance(layer, ActivatedLayer):
-                    dy = layer.backward(dy, logits=True)
-                else:
-                    dy = layer.backward(dy)
+                dy = self.steps[i].backward(dy, logits=logits and i == last)
         # The first layer's input gradient may live in its reusable workspace: hand out a copy.
         return dy.copy() if input_grad else None
 
+    def layer_outputs(self, x: np.ndarray, training: bool = False) -> list[np.ndarray]:
+        """Every layer's output, running the layers as written (no fused steps): for
+        pictures of feature maps and for gradient checks."""
+        outputs = []
+        a = x.astype(self.dtype, copy=False)
+        for layer in self.layers:
+            a = layer.forward(a, training)
+            outputs.append(a)
+        return outputs
+
     def uses_logits(self, loss: Loss) -> bool:
-        """Whether ``loss`` is computed from the last layer's pre-activation."""
-        act = self.output_activation
-        return act is not None and act == loss.fused_activation
+        """Whether ``loss`` is differentiated together with the last layer's activation
+        (sigmoid + binary cross-entropy, softmax + categorical cross-entropy or KL)."""
+        return (not loss.from_logits and loss.fused_activation is not None
+                and self.output_activation.name == loss.fused_activation)
+
+    def check_loss(self, loss: Loss) -> None:
+        """Refuse a loss that cannot learn from this network's output (ConfigError)."""
+        loss.check_output(self.output_activation, self.output_shape)
+
+    def predictions(self, out: np.ndarray, loss: Loss | None, fused: bool = False) -> np.ndarray:
+        """What the outputs mean: ``fused``: ``out`` is the last layer's ``z``; a loss from
+        logits turns the network's output into probabilities."""
+        if fused:
+            return self.layers[-1].activation.forward(out)
+        return loss.probabilities(out) if loss is not None else out
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, loss: Loss, *, training: bool = True,
                            input_grad: bool = False):
@@ -191,8 +163,7 @@ class Network:
             out = self.forward(x, training, logits=fused)
             value, dout = loss.value_and_grad(out, y, from_logits=fused)
             dx = self.backward(dout, logits=fused, input_grad=input_grad)
-        if fused:
-            out = self.layers[-1].activation.forward(out)
+        out = self.predictions(out, loss, fused)
         return (value, out, dx) if input_grad else (value, out)
 
     def train_step(self, x, y, loss: Loss, optimizer: Optimizer):
@@ -202,12 +173,13 @@ class Network:
             optimizer.step(self.parameters(), self.gradients())
         return value, out
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Inference in batches (training=False)."""
+    def predict(self, x: np.ndarray, batch_size: int = 256, loss: Loss | None = None) -> np.ndarray:
+        """Inference in batches (training=False); with a loss from logits, probabilities."""
         if len(x) == 0:  # no batch to run: an empty (0, *output_shape) result
             return np.zeros((0, *self.output_shape), dtype=self.dtype)
         outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs, axis=0)
+        out = np.concatenate(outs, axis=0)
+        return loss.probabilities(out) if loss is not None else out
 
     # -- parameters and state ---------------------------------------------------------
     def parameters(self) -> dict[str, np.ndarray]:
@@ -228,19 +200,38 @@ class Network:
         """Copies of every parameter and buffer: plain arrays for ``np.savez``."""
         return {k: v.copy() for k, v in {**self.parameters(), **self.buffers()}.items()}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Copy arrays into the network; keys and shapes must match exactly."""
+    def check_state(self, state: dict[str, np.ndarray]) -> None:
+        """Refuse (CheckpointError) a state whose keys or shapes are not this network's."""
         own = {**self.parameters(), **self.buffers()}
         missing = sorted(set(own) - set(state))
         extra = sorted(set(state) - set(own))
         if missing or extra:
             raise CheckpointError(f"state does not fit the network: missing {missing}, unexpected {extra}")
         for key, target in own.items():
-            value = np.asarray(state[key])
-            if value.shape != target.shape:
-                raise CheckpointError(f"{key}: shape {value.shape} does not fit the network's {target.shape}")
-            target[...] = value
+            shape = np.shape(state[key])
+            if shape != target.shape:
+                raise CheckpointError(f"{key}: shape {shape} does not fit the network's {target.shape}")
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays into the network; keys and shapes must match exactly."""
+        self.check_state(state)
+        for key, target in {**self.parameters(), **self.buffers()}.items():
+            target[...] = np.asarray(state[key])
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(l) for l in self.layers)
         return f"Network([\n  {inner}\n])"
+
+
+def _probe(layer: Layer, input_shape: tuple[int, ...], output_shape: tuple[int, ...], dtype) -> None:
+    """Run ``layer`` on two random examples: its output must have the shape it announced."""
+    x = np.random.default_rng(0).standard_normal((2, *input_shape)).astype(dtype)
+    try:
+        y = layer.forward(x, False)
+    except Exception as err:  # a plugin's bug, reported as a shape problem of this layer
+        raise layer.shape_error(f"forward failed on a probe batch of shape {x.shape}: "
+                                f"{type(err).__name__}: {err}") from None
+    if np.shape(y) != (2, *output_shape):
+        raise layer.shape_error(f"forward returned an array of shape {np.shape(y)} for a batch of shape {x.shape}; "
+                                f"setup() announced the output shape {output_shape}, so expected "
+                                f"{(2, *output_shape)}")

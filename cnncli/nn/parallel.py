@@ -36,7 +36,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from cnncli.errors import ConfigError
+from cnncli.nn.errors import ConfigError
 
 #: A chunk with less work than this (see :func:`work`: about 0.2 ms on one core) is not
 #: worth a thread hand-off, which costs 60-150 microseconds on a 2-core VM (waking the

@@ -25,11 +25,18 @@ The last line is the "full convolution with the kernel rotated by 180 degrees" o
 the paper's Eq. 45, written as a scatter; ``dX`` is the padded gradient cropped back.
 Nothing updates ``X`` (ERRATA 11): ``dX`` is passed to the layer before.
 
-Implementation: the input windows are gathered once (im2col, through a strided view, in
-(kh, kw, C) order so that each copied run is a contiguous C-vector) into
-``cols (N*H'*W', kh*kw*C)``; then ``z = cols @ W.reshape(kh*kw*C, F)``,
-``dW = cols^T @ delta``, and the input gradient ``delta @ W^T`` is scattered back (col2im)
-one kernel offset at a time: ``delta @ W[p, q]^T`` added into its strided slice of dX.
+Two implementations compute these sums (``implementation:``):
+
+* ``reference`` (``conv_reference.py``): plain im2col into ``cols (N*H'*W', kh*kw*C)``,
+  one product ``z = cols @ W``, ``dW = cols^T @ delta``, ``dcols = delta @ W^T`` scattered
+  back window by window. Short enough to read next to the equations above.
+* ``fast`` (the default, below): the same products, with the windows copied into a
+  reused workspace through a strided view (in (kh, kw, C) order, so each copied run is a
+  contiguous C-vector), the bias riding in the product as a column of ones, rows padded
+  to multiples of 16 values, every step split over the engine's threads, and the input
+  gradient added into dX one kernel offset at a time while it is still in cache. The
+  tests hold it to the reference. ``forward_rows``/``backward_rows`` can also emit rows
+  grouped by a max-pool's window offsets, for the fused step of ``cnncli.nn.fusion``.
 
 Shapes:
     x: (N, H, W, C)   W: (kh, kw, C, F)   b: (F,)   z, a: (N, H', W', F)
@@ -37,117 +44,56 @@ Shapes:
 
 from __future__ import annotations
 
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from cnncli.errors import ConfigError
-from cnncli.nn import _check, parallel
-from cnncli.nn.initializers import INITIALIZERS, initialize
-from cnncli.nn.layers.base import LAYERS, ActivatedLayer
+from cnncli.nn import parallel, validate
+from cnncli.nn.describe import Equation, Explanation, size_arithmetic, window_index
+from cnncli.nn.initializers import make_initializer
+from cnncli.nn.layers import conv_reference
+from cnncli.nn.layers.base import ActivatedLayer
+from cnncli.nn.layers.windows import (crop, output_size, pad_input, padding_config, parse_padding, resolve_padding,
+                                      windows)
+from cnncli.nn.registry import register
 
-Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
-
-
-def parse_padding(name: str, value: object) -> object:
-    """``valid``, ``same``, an int >= 0, or [int, int] (rows, columns; symmetric)."""
-    if value in ("valid", "same"):
-        return value
-    try:
-        return _check.pair(name, value, minimum=0)
-    except ConfigError:
-        raise ConfigError(name, "'valid', 'same', an int >= 0 or [int, int]", value) from None
+IMPLEMENTATIONS = ("fast", "reference")
 
 
-def resolve_padding(padding: object, size: tuple[int, int], kernel: tuple[int, int],
-                    stride: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> Padding:
-    """Explicit (top, bottom, left, right) padding.
-
-    ``same`` follows TensorFlow/Keras: the output has ``ceil(H / s)`` rows, the total
-    padding ``max((ceil(H/s) - 1) s + d (k - 1) + 1 - H, 0)`` is split with the odd row at
-    the bottom (right).
-    """
-    if padding == "valid":
-        return (0, 0, 0, 0)
-    if padding == "same":
-        pads = []
-        for n, k, s, d in zip(size, kernel, stride, dilation):
-            out = -(-n // s)
-            total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
-            pads += [total // 2, total - total // 2]
-        return tuple(pads)  # type: ignore[return-value]
-    ph, pw = padding  # type: ignore[misc]
-    return (ph, ph, pw, pw)
-
-
-def output_size(n: int, pad_before: int, pad_after: int, k: int, s: int, d: int = 1) -> int:
-    """``floor((n + pads - d (k - 1) - 1) / s) + 1``; <= 0 when the kernel does not fit."""
-    return (n + pad_before + pad_after - d * (k - 1) - 1) // s + 1
-
-
-def pad_input(x: np.ndarray, pads: Padding, value: float = 0.0) -> np.ndarray:
-    """x (N, H, W, C) -> (N, H+pt+pb, W+pl+pr, C); no copy when there is no padding."""
-    pt, pb, pl, pr = pads
-    if not any(pads):
-        return x
-    n, h, w, c = x.shape
-    out = np.full((n, h + pt + pb, w + pl + pr, c), value, dtype=x.dtype)
-    out[:, pt:pt + h, pl:pl + w, :] = x
-    return out
-
-
-def windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-            dilation: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
-    """Read-only strided view of every window: (N, H', W', kh, kw, C), no copy."""
-    n, _, _, c = xp.shape
-    sn, sh, sw, sc = xp.strides
-    (kh, kw), (s_h, s_w), (d_h, d_w), (ho, wo) = kernel, stride, dilation, out_hw
-    return as_strided(xp, shape=(n, ho, wo, kh, kw, c),
-                      strides=(sn, s_h * sh, s_w * sw, d_h * sh, d_w * sw, sc), writeable=False)
-
-
-def crop(xp: np.ndarray, pads: Padding) -> np.ndarray:
-    """Undo :func:`pad_input`: (N, Hp, Wp, C) -> (N, H, W, C)."""
-    pt, pb, pl, pr = pads
-    if not any(pads):
-        return xp
-    return xp[:, pt:xp.shape[1] - pb, pl:xp.shape[2] - pr, :]
-
-
-@LAYERS.register("conv2d")
+@register("conv2d")
 class Conv2D(ActivatedLayer):
     """2-D convolution with an optional fused activation; see the module docstring."""
 
-    type_name = "conv2d"
+    check_output_shape = False
 
     def __init__(self, *, filters, kernel_size, stride=1, padding="valid", dilation=1,
                  use_bias=True, activation=None, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros"):
+                 bias_initializer="zeros", implementation="fast"):
         super().__init__(activation)
-        self.filters = _check.positive_int("filters", filters)
-        self.kernel_size = _check.pair("kernel_size", kernel_size)
-        self.stride = _check.pair("stride", stride)
+        self.filters = validate.positive_int("filters", filters)
+        self.kernel_size = validate.pair("kernel_size", kernel_size)
+        self.stride = validate.pair("stride", stride)
         self.padding = parse_padding("padding", padding)
-        self.dilation = _check.pair("dilation", dilation)
-        self.use_bias = _check.boolean("use_bias", use_bias)
-        INITIALIZERS.get(kernel_initializer, "kernel_initializer")
-        INITIALIZERS.get(bias_initializer, "bias_initializer")
+        self.dilation = validate.pair("dilation", dilation)
+        self.use_bias = validate.boolean("use_bias", use_bias)
+        make_initializer(kernel_initializer, "kernel_initializer")
+        make_initializer(bias_initializer, "bias_initializer")
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
+        self.implementation = validate.choice("implementation", implementation, IMPLEMENTATIONS)
 
     def config(self):
         return {
             "type": self.type_name, "filters": self.filters, "kernel_size": list(self.kernel_size),
-            "stride": list(self.stride),
-            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+            "stride": list(self.stride), "padding": padding_config(self.padding),
             "dilation": list(self.dilation), "use_bias": self.use_bias,
             "activation": self.activation_config(),
             "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer,
+            "implementation": self.implementation,
         }
 
-    def _build(self, input_shape, rng):
+    def setup(self, input_shape, rng):
         if len(input_shape) != 3:
-            raise self._shape_error(f"expected an input of shape (H, W, C); got {input_shape}")
+            raise self.shape_error(f"expected an input of shape (H, W, C); got {input_shape}")
         h, w, c = input_shape
         self.pads = resolve_padding(self.padding, (h, w), self.kernel_size, self.stride, self.dilation)
         pt, pb, pl, pr = self.pads
@@ -156,30 +102,126 @@ class Conv2D(ActivatedLayer):
         wo = output_size(w, pl, pr, kw, sw, dw)
         if ho < 1 or wo < 1:
             span = f"{dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}"
-            raise self._shape_error(
+            raise self.shape_error(
                 f"kernel {kh}x{kw} (span {span} with dilation) is larger than its padded input "
                 f"{h + pt + pb}x{w + pl + pr}; input shape {input_shape}")
         self.out_hw = (ho, wo)
         fan_in, fan_out = kh * kw * c, kh * kw * self.filters
-        self.params["kernel"] = initialize(self.kernel_initializer, (kh, kw, c, self.filters), rng,
-                                           self.dtype, fan_in, fan_out)
+        self.add_parameter("kernel", (kh, kw, c, self.filters), self.kernel_initializer, rng, fan_in, fan_out)
         if self.use_bias:
-            self.params["bias"] = initialize(self.bias_initializer, (self.filters,), rng, self.dtype,
-                                             fan_in, fan_out)
+            self.add_parameter("bias", (self.filters,), self.bias_initializer, rng, fan_in, fan_out)
         return (ho, wo, self.filters)
 
-    def forward_flops(self):
+    # -- what summary, explain and the memory check ask ---------------------------------
+    def parameter_calculation(self):
         kh, kw = self.kernel_size
-        c = self.input_shape[2]
+        inner = f"({kh}x{kw}x{self.input_shape[2]})"
+        return f"[{inner}+1]x{self.filters}" if self.use_bias else f"{inner}x{self.filters}"
+
+    def _product_flops(self) -> int:
+        kh, kw = self.kernel_size
         ho, wo = self.out_hw
-        return 2 * kh * kw * c * self.filters * ho * wo + (self.filters * ho * wo if self.use_bias else 0)
+        return 2 * kh * kw * self.input_shape[2] * self.filters * ho * wo
 
-    #: Set by the network when a tiling max-pool follows (see ``Network._fuse_pooling``):
-    #: (ph, pw) makes the output rows come window offset first, shape
-    #: (ph*pw, N, H'/ph, W'/pw, F), so the pooling reads contiguous blocks.
-    blocks: tuple[int, int] | None = None
+    def forward_flops(self):
+        ho, wo = self.out_hw
+        return self._product_flops() + (self.filters * ho * wo if self.use_bias else 0)
 
+    def linear_backward_flops(self, input_grad):
+        """dW (one product) and db; with the input gradient, dcols and col2im's adds."""
+        kh, kw = self.kernel_size
+        ho, wo = self.out_hw
+        total = self.forward_flops()
+        if input_grad:
+            total += self._product_flops() + kh * kw * self.input_shape[2] * ho * wo
+        return total
+
+    def values_per_example(self):
+        """The im2col matrix twice (cols, and dcols or its share), the output twice (z and
+        g(z)) and the padded input."""
+        kh, kw = self.kernel_size
+        ho, wo = self.out_hw
+        pt, pb, pl, pr = self.pads
+        h, w, c = self.input_shape
+        return 2 * ho * wo * kh * kw * c + 2 * ho * wo * self.filters + (h + pt + pb) * (w + pl + pr) * c
+
+    def explain(self, index, first):
+        h, w, c = self.input_shape
+        ho, wo, f = self.output_shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        pt, pb, pl, pr = self.pads
+        sec = Explanation(f"layers[{index}]: conv2d {kh}x{kw}x{f}, {self.activation.name}")
+        padded = any(self.pads)
+        xname = "X_pad" if padded else "X"
+        xtex = xname.replace("_pad", "^{pad}")
+        if padded:
+            sec.notes.append(f"X_pad is the input padded with zeros: {pt} row(s) on top, {pb} at the bottom, {pl} "
+                             f"column(s) left, {pr} right ({'same' if self.padding == 'same' else self.padding!r} "
+                             f"padding), shape (N, {h + pt + pb}, {w + pl + pr}, {c}).")
+        ri, rtex = window_index("i", sh, dh, "p")
+        ci, ctex = window_index("j", sw, dw, "q")
+        bias_t = "b[f] + " if self.use_bias else ""
+        bias_tex = "b_f + " if self.use_bias else ""
+        sec.forward.append(Equation(
+            f"z[n,i,j,f] = {bias_t}sum_(p<{kh}, q<{kw}, r<{c}) W[p,q,r,f] * {xname}[n, {ri}, {ci}, r]",
+            rf"z_{{n,i,j,f}} = {bias_tex}\sum_{{p=0}}^{{{kh - 1}}}\sum_{{q=0}}^{{{kw - 1}}}\sum_{{r=0}}^{{{c - 1}}}"
+            rf" W_{{p,q,r,f}}\, {xtex}_{{n,\,{rtex},\,{ctex},\,r}}",
+            f"z: (N, {ho}, {wo}, {f}); W: ({kh}, {kw}, {c}, {f})" + (f"; b: ({f},)" if self.use_bias else "")))
+        act_forward, act_backward, act_notes = self.activation.equations(f"(N, {ho}, {wo}, {f})")
+        sec.forward += act_forward
+        sec.notes += act_notes
+        sec.arithmetic.append(f"output height: {size_arithmetic(h, pt, pb, kh, sh, dh, ho)}")
+        sec.arithmetic.append(f"output width:  {size_arithmetic(w, pl, pr, kw, sw, dw, wo)}")
+        sec.arithmetic.append(f"parameters: {self.parameter_text()}")
+        sec.backward += act_backward
+        sec.backward.append(Equation(
+            f"dW[p,q,r,f] = sum_(n, i<{ho}, j<{wo}) delta[n,i,j,f] * {xname}[n, {ri}, {ci}, r]",
+            rf"\frac{{\partial L}}{{\partial W_{{p,q,r,f}}}} = \sum_{{n}}\sum_{{i=0}}^{{{ho - 1}}}\sum_{{j=0}}^{{{wo - 1}}}"
+            rf" \delta_{{n,i,j,f}}\, {xtex}_{{n,\,{rtex},\,{ctex},\,r}}",
+            f"dW: ({kh}, {kw}, {c}, {f}), one gradient per filter"))
+        if self.use_bias:
+            sec.backward.append(Equation("db[f] = sum_(n,i,j) delta[n,i,j,f]",
+                                         r"\frac{\partial L}{\partial b_f} = \sum_{n,i,j} \delta_{n,i,j,f}",
+                                         f"db: ({f},)"))
+        if first:
+            sec.backward.append(Equation("dX is not computed: nothing comes before the first layer, and the input "
+                                         "is never updated",
+                                         r"\text{(no } \partial L/\partial X \text{: the input is never updated)}"))
+        else:
+            sec.backward.append(Equation(
+                f"d{xname}[n, {ri}, {ci}, r] += sum_(f<{f}) delta[n,i,j,f] * W[p,q,r,f]   "
+                "(the full convolution of delta with the kernel rotated by 180 degrees)",
+                rf"\frac{{\partial L}}{{\partial {xtex}_{{n,\,{rtex},\,{ctex},\,r}}}}"
+                rf" \mathrel{{+}}= \sum_{{f=0}}^{{{f - 1}}} \delta_{{n,i,j,f}}\, W_{{p,q,r,f}}",
+                f"dX: (N, {h}, {w}, {c})" + (" after cropping the padding" if padded else "")))
+        return sec
+
+    # -- computation ----------------------------------------------------------------------
     def forward_linear(self, x, training):
+        if self.implementation == "reference":
+            self._x = x
+            return conv_reference.forward(x, self.params["kernel"], self.params.get("bias"), self.pads,
+                                          self.stride, self.dilation, self.out_hw)
+        return self.forward_rows(x)
+
+    def backward_linear(self, dz):
+        if self.implementation == "reference":
+            dx, dw, db = conv_reference.backward(self._x, dz, self.params["kernel"], self.pads, self.stride,
+                                                 self.dilation, self.out_hw, self.needs_input_grad)
+            self.grads["kernel"] = dw
+            if self.use_bias:
+                self.grads["bias"] = db
+            return dx
+        return self.backward_rows(dz)
+
+    def forward_rows(self, x: np.ndarray, blocks: tuple[int, int] | None = None) -> np.ndarray:
+        """The fast forward pass, without the activation.
+
+        ``blocks=None``: z (N, H', W', F). ``blocks=(ph, pw)`` (H' and W' multiples of
+        them): the rows come window offset first, (ph*pw, N, H'/ph, W'/pw, F), so that a
+        tiling max-pool reads contiguous blocks (``fusion.ConvMaxPool``); that array is a
+        workspace, valid until the next call.
+        """
         n = x.shape[0]
         kh, kw = self.kernel_size
         ho, wo = self.out_hw
@@ -194,8 +236,8 @@ class Conv2D(ActivatedLayer):
         width = k + self.use_bias
         cols = self.workspace("cols", (n * ho * wo, -(-width // 16) * 16), x.dtype)[:, :width]
         win = windows(xp, self.kernel_size, self.stride, self.dilation, self.out_hw)  # (N, H', W', kh, kw, C)
-        ph, pw = self.blocks or (1, 1)
-        if self.blocks is not None:
+        ph, pw = blocks or (1, 1)
+        if blocks is not None:
             sn, sh, sw, sp, sq, sc = win.strides
             # (ph, pw, N, H'/ph, W'/pw, kh, kw, C): the window offset (u, v) of the pooling first
             win = as_strided(win, (ph, pw, n, ho // ph, wo // pw, kh, kw, xp.shape[3]),
@@ -212,8 +254,8 @@ class Conv2D(ActivatedLayer):
         # Row blocks (one per pooling offset, or one): (P, N*H'/ph*W'/pw, width)
         per_example = (ho // ph) * (wo // pw)
         cols3 = cols.reshape(ph * pw, n * per_example, width)
-        if self.blocks is None:  # the output may leave the network: a new array
-            z = np.empty((ph * pw, n * per_example, f), dtype=x.dtype)
+        if blocks is None:  # the output may leave the network: a new array
+            z = np.empty((1, n * per_example, f), dtype=x.dtype)
         else:  # only the max-pool after this layer reads it, within the same step
             z = self.workspace("z_blocked", (ph * pw, n * per_example, f), x.dtype)
 
@@ -227,11 +269,19 @@ class Conv2D(ActivatedLayer):
         per_example_work = parallel.work(ho * wo * k, ho * wo * width * f)  # im2col copy, product
         parallel.run(im2col_and_product, parallel.chunks(n, per_example_work))
         self._cols = cols
-        if self.blocks is None:
+        if blocks is None:
             return z.reshape(n, ho, wo, f)  # (N, H', W', F)
         return z.reshape(ph * pw, n, ho // ph, wo // pw, f)  # (ph*pw, N, H'/ph, W'/pw, F)
 
-    def backward_linear(self, dz):
+    def backward_rows(self, dz: np.ndarray, blocks: tuple[int, int] | None = None) -> np.ndarray | None:
+        """The fast backward pass from dL/dz in the row order of :meth:`forward_rows`:
+        fills ``grads``, returns dL/dx (N, H, W, C), or None for the first layer."""
+        self._weight_gradient(dz)
+        if not self.needs_input_grad:
+            return None
+        return crop(self._input_gradient(dz, blocks), self.pads)
+
+    def _weight_gradient(self, dz: np.ndarray) -> None:
         f = self.filters
         kernel = self.params["kernel"]
         dz2d = dz.reshape(-1, f)  # (rows, F), in the row order of cols
@@ -261,11 +311,8 @@ class Conv2D(ActivatedLayer):
         self.grads["kernel"] = grads[:k].reshape(kernel.shape)  # HWIO
         if self.use_bias:
             self.grads["bias"] = grads[k]
-        if not self.needs_input_grad:
-            return None
-        return crop(self._input_gradient(dz, kernel), self.pads)
 
-    def _input_gradient(self, dz: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    def _input_gradient(self, dz: np.ndarray, blocks: tuple[int, int] | None) -> np.ndarray:
         """dX_pad from delta: col2im, one kernel offset at a time, split by examples.
 
         For each offset (p, q), ``delta @ W[p, q]^T`` is that offset's share of every
@@ -273,6 +320,7 @@ class Conv2D(ActivatedLayer):
         sums as building all of ``dcols = delta @ W^T`` and scattering it back window by window,
         but each product is added while it is still in cache.
         """
+        kernel = self.params["kernel"]
         n, hp, wp, c = self._padded_shape
         f = self.filters
         (kh, kw), (s_h, s_w), (d_h, d_w), (ho, wo) = self.kernel_size, self.stride, self.dilation, self.out_hw
@@ -280,8 +328,8 @@ class Conv2D(ActivatedLayer):
         np.copyto(kernel_t, kernel.transpose(0, 1, 3, 2))  # (kh, kw, F, C)
         share = self.workspace("share", (n * ho * wo, c), dz.dtype)  # (N*H'*W', C)
         dxp = self.workspace("dxp", self._padded_shape, dz.dtype)
-        if self.blocks is not None:  # back to (N, H', W', F) rows for the scatter
-            ph, pw = self.blocks
+        if blocks is not None:  # back to (N, H', W', F) rows for the scatter
+            ph, pw = blocks
             blocked = dz.reshape(ph, pw, n, ho // ph, wo // pw, f)
             delta = self.workspace("delta_rows", (n, ho // ph, ph, wo // pw, pw, f), dz.dtype)
         else:
@@ -290,7 +338,7 @@ class Conv2D(ActivatedLayer):
         per_example = ho * wo
 
         def scatter(a, b):  # examples a..b
-            if self.blocks is not None:
+            if blocks is not None:
                 np.copyto(delta[a:b], blocked[:, :, a:b].transpose(2, 3, 0, 4, 1, 5))
             dxp[a:b].fill(0)
             rows = slice(a * per_example, b * per_example)

@@ -32,28 +32,32 @@ Shapes: x, y: (N, H, W, C) or (N, D); gamma, beta, running_mean, running_var: (C
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from cnncli.nn import _check
-from cnncli.nn.layers.base import LAYERS, Layer
+from cnncli.nn import validate
+from cnncli.nn.describe import Equation, Explanation, batch_shape
+from cnncli.nn.layers.base import Layer
+from cnncli.nn.registry import register
 
 
-@LAYERS.register("dropout")
+@register("dropout")
 class Dropout(Layer):
     """Inverted dropout with rate ``rate`` (the probability of zeroing an element)."""
 
-    type_name = "dropout"
+    check_output_shape = False
 
     def __init__(self, *, rate=0.5):
         super().__init__()
-        self.rate = _check.number("rate", rate, low=0.0, high=1.0, high_open=True)
+        self.rate = validate.number("rate", rate, low=0.0, high=1.0, high_open=True)
         self.fixed_mask: np.ndarray | None = None
         self.rng: np.random.Generator | None = None
 
     def config(self):
         return {"type": self.type_name, "rate": self.rate}
 
-    def _build(self, input_shape, rng):
+    def setup(self, input_shape, rng):
         # A child stream: the layer's masks never shift the draws of later initializers.
         self.rng = rng.spawn(1)[0] if rng is not None else None
         return input_shape
@@ -73,24 +77,40 @@ class Dropout(Layer):
     def backward(self, dy):
         return dy if self._mask is None else dy * self._mask
 
+    def forward_flops(self):
+        return 0
 
-@LAYERS.register("batch_norm")
+    def backward_flops(self, input_grad=True):
+        return math.prod(self.output_shape)
+
+    def explain(self, index, first):
+        p = self.rate
+        sec = Explanation(f"layers[{index}]: dropout {p:g}")
+        sec.forward.append(Equation(f"training: y = x * m / (1 - {p:g}), m ~ Bernoulli({1 - p:g}); inference: y = x",
+                                    rf"y = x \odot m / (1 - {p:g}),\quad m \sim \mathrm{{Bernoulli}}({1 - p:g})",
+                                    batch_shape(self.input_shape)))
+        sec.backward.append(Equation(f"dx = dy * m / (1 - {p:g})",
+                                     rf"\partial L/\partial x = \partial L/\partial y \odot m / (1 - {p:g})"))
+        return sec
+
+
+@register("batch_norm")
 class BatchNorm(Layer):
     """Batch normalization over the last axis; see the module docstring."""
 
-    type_name = "batch_norm"
+    check_output_shape = False
 
     def __init__(self, *, momentum=0.9, epsilon=1e-5):
         super().__init__()
-        self.momentum = _check.number("momentum", momentum, low=0.0, high=1.0, high_open=True)
-        self.epsilon = _check.number("epsilon", epsilon, low=0.0, low_open=True)
+        self.momentum = validate.number("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.epsilon = validate.number("epsilon", epsilon, low=0.0, low_open=True)
 
     def config(self):
         return {"type": self.type_name, "momentum": self.momentum, "epsilon": self.epsilon}
 
-    def _build(self, input_shape, rng):
+    def setup(self, input_shape, rng):
         if len(input_shape) not in (1, 3):
-            raise self._shape_error(f"expected an input of shape (D,) or (H, W, C); got {input_shape}")
+            raise self.shape_error(f"expected an input of shape (D,) or (H, W, C); got {input_shape}")
         c = input_shape[-1]
         self.params["gamma"] = np.ones(c, dtype=self.dtype)  # (C,): small, even when not allocating
         self.params["beta"] = np.zeros(c, dtype=self.dtype)
@@ -104,8 +124,28 @@ class BatchNorm(Layer):
     def bias_count(self):
         return self.params["beta"].size
 
+    def parameter_calculation(self):
+        return f"2x{self.input_shape[-1]}"
+
     def forward_flops(self):
-        return 4 * int(np.prod(self.input_shape))
+        return 4 * math.prod(self.input_shape)
+
+    def backward_flops(self, input_grad=True):
+        return 10 * math.prod(self.output_shape)
+
+    def explain(self, index, first):
+        c = self.input_shape[-1]
+        sec = Explanation(f"layers[{index}]: batch_norm")
+        sec.forward.append(Equation("xhat = (x - mu) / sqrt(var + eps), y = gamma * xhat + beta (training: batch "
+                                    "statistics over all axes but the last; inference: running statistics)",
+                                    r"\hat x = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}},\quad y = \gamma \hat x + \beta",
+                                    f"gamma, beta: ({c},)"))
+        sec.arithmetic.append(f"parameters: {self.parameter_text()} (and 2x{c} running statistics)")
+        sec.backward.append(Equation("dbeta = sum dy, dgamma = sum dy * xhat, dx = gamma/(m sqrt(var+eps)) "
+                                     "(m dy - sum dy - xhat sum(dy * xhat))",
+                                     r"\frac{\partial L}{\partial x} = \frac{\gamma}{m\sqrt{\sigma^2+\epsilon}}"
+                                     r"\Big(m\,\partial_y L - \sum \partial_y L - \hat x \sum \partial_y L\,\hat x\Big)"))
+        return sec
 
     def forward(self, x, training=False):
         axes = tuple(range(x.ndim - 1))

@@ -1,0 +1,57 @@
+"""The ``cnncli`` command line (Typer + rich), one module per group of commands:
+
+=============  ==================================================
+module         commands
+=============  ==================================================
+train.py       train (and --resume)
+evaluate.py    eval, predict
+inspect.py     summary, explain, gradcheck, components
+pictures.py    visualize, plot
+sweep.py       sweep
+runs.py        runs, compare
+common.py      consoles, the one-line error form, shared options
+=============  ==================================================
+
+Each command is a thin layer of printing over the Python API; the command line is the
+only part of cnncli that prints.
+"""
+
+from __future__ import annotations
+
+import typer
+
+import cnncli
+from cnncli.cli import evaluate, inspect, pictures, runs, sweep, train
+from cnncli.cli.common import console, user_errors
+
+app = typer.Typer(
+    name="cnncli",
+    help="Configuration-driven CNN experiments on a from-scratch NumPy engine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"cnncli {cnncli.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Train, evaluate and inspect convolutional networks declared in YAML."""
+    from cnncli.nn import parallel
+
+    user_errors(parallel.threads_from_environment)()  # a bad CNNCLI_THREADS: one line, before any work
+
+
+for _module in (train, evaluate, inspect, pictures, sweep, runs):
+    _module.add_commands(app)
+
+__all__ = ["app"]
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,80 @@
+"""Using a trained run: ``eval`` (loss, accuracy, confusion matrix, per-class scores) and
+``predict`` (the class of image files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cnncli.cli.common import CHECKPOINT, RUNS_DIR, console, say, table, user_errors
+from cnncli.errors import CnnCliError
+
+
+def print_report(path: Path, checkpoint: str, report: dict) -> None:
+    names = report["class_names"]
+    say(f"{path} ({checkpoint} checkpoint, epoch {report['epoch']}) on {report['data']}: "
+        f"{report['examples']} examples")
+    say(f"loss {report['loss']:.4f}   accuracy {report['accuracy']:.4f}")
+    console.print(table("confusion matrix (rows: true, columns: predicted)",
+                        [("", "left")] + [(n, "right") for n in names],
+                        [[n, *(str(v) for v in row)] for n, row in zip(names, report["confusion_matrix"])]))
+    console.print(table("per class", [("class", "left")] + [(c, "right") for c in ("precision", "recall", "F1",
+                                                                                      "support")],
+                        [[n, f"{report['precision'][i]:.4f}", f"{report['recall'][i]:.4f}", f"{report['f1'][i]:.4f}",
+                          str(report["support"][i])] for i, n in enumerate(names)]))
+    say(f"written to {path / 'eval.json'}")
+
+
+@user_errors
+def eval_(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the most recent under runs/)."),
+    checkpoint: str = CHECKPOINT,
+    data_path: Optional[Path] = typer.Option(None, "--data-path", help="Evaluate on other data of the same kind."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    runs_dir: Path = RUNS_DIR,
+) -> None:
+    """Evaluate a run: loss, accuracy, confusion matrix, per-class precision/recall/F1."""
+    from cnncli.experiment import evaluate_run
+    from cnncli.runs import checkpoint_file, resolve_run_dir
+
+    checkpoint_file(".", checkpoint)  # best or last, checked before anything is read
+    path = resolve_run_dir(run_dir, runs_dir)
+    report = evaluate_run(path, checkpoint=checkpoint, data_path=str(data_path) if data_path else None)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(path, checkpoint, report)
+
+
+@user_errors
+def predict(
+    paths: List[Path] = typer.Argument(..., help="[RUN_DIR] IMAGE...: a run folder (default: the most recent) "
+                                            "and image files."),
+    checkpoint: str = CHECKPOINT,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    runs_dir: Path = RUNS_DIR,
+) -> None:
+    """Class and probability for each image."""
+    from cnncli.experiment import predict as run_predict
+    from cnncli.runs import checkpoint_file, resolve_run_dir
+
+    checkpoint_file(".", checkpoint)
+    given = paths[0] if paths and paths[0].is_dir() else None
+    images = paths[1:] if given is not None else paths
+    run_dir = resolve_run_dir(given, runs_dir)
+    if not images:
+        raise CnnCliError("predict: give at least one image file")
+    results = run_predict(run_dir, [str(p) for p in images], checkpoint=checkpoint)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    console.print(table(f"{run_dir} ({checkpoint})", [("image", "left"), ("class", "left"), ("probability", "right")],
+                        [[r["image"], r["class"], f"{r['probability']:.4f}"] for r in results]))
+
+
+def add_commands(app: typer.Typer) -> None:
+    app.command("eval")(eval_)
+    app.command()(predict)

@@ -1,0 +1,108 @@
+"""Looking over runs: ``runs`` (every run with its status and metrics, and the sweeps)
+and ``compare`` (metrics side by side, and the config keys that differ)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import List
+
+import typer
+
+from cnncli.cli.common import console, say, table, user_errors
+from cnncli.errors import CnnCliError
+
+
+def _age(path: Path) -> str:
+    seconds = time.time() - path.stat().st_mtime
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _best(rows: list[dict], key: str, pick) -> str:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return f"{pick(values):.4f}" if values else ""
+
+
+@user_errors
+def runs_(runs_dir: Path = typer.Argument(Path("runs"), help="Folder of runs (default: runs).")) -> None:
+    """Every run with its status, age and key metrics (and the sweeps)."""
+    from cnncli import runs as rs
+
+    found = rs.list_runs(runs_dir)
+    sweeps_dir = runs_dir / "sweeps"
+    if not found and not sweeps_dir.is_dir():
+        say(f"no runs in {runs_dir}/")
+        return
+    body = []
+    for path in found:
+        rows = rs.read_metrics(path)
+        body.append([path.name, rs.read_status(path).get("status", "?"), _age(path), str(len(rows)),
+                     _best(rows, "val_accuracy", max), _best(rows, "val_loss", min),
+                     f"{rows[-1]['accuracy']:.4f}" if rows else ""])
+    console.print(table(str(runs_dir), [(c, "left" if c in ("run", "status") else "right") for c in
+                                        ("run", "status", "age", "epochs", "best val_acc", "best val_loss",
+                                         "final acc")], body))
+    if sweeps_dir.is_dir():
+        for sw in sorted(p for p in sweeps_dir.iterdir() if (p / "sweep.yaml").is_file()):
+            trials = json.loads((sw / "trials.json").read_text()) if (sw / "trials.json").is_file() else {}
+            states = [t.get("status") for t in trials.values()]
+            say(f"sweep {sw.name}: {states.count('completed')} completed, {states.count('failed')} failed, "
+                f"{states.count('running')} running")
+
+
+def run_figures(path: Path) -> dict[str, str]:
+    """The figures ``compare`` shows for one run."""
+    from cnncli import runs as rs
+
+    rows = rs.read_metrics(path)
+    final = rows[-1] if rows else {}
+    return {"status": rs.read_status(path).get("status", "?"), "epochs": str(len(rows)),
+            "best val_accuracy": _best(rows, "val_accuracy", max), "best val_loss": _best(rows, "val_loss", min),
+            "final accuracy": f"{final['accuracy']:.4f}" if final else "",
+            "final loss": f"{final['loss']:.4f}" if final else "",
+            "seconds": f"{sum(r['seconds'] for r in rows):.1f}" if rows else ""}
+
+
+def flatten(obj, prefix: str = "") -> dict:
+    """Nested config values as ``{"optimizer.lr": 0.01, "model.layers[0].filters": 8}``."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = obj
+    return out
+
+
+@user_errors
+def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run folders.")) -> None:
+    """Metrics side by side, and the config keys that differ."""
+    from cnncli import runs as rs
+    from cnncli.yamlfiles import read
+
+    if len(run_dirs) < 2:
+        raise CnnCliError("compare: give at least two run folders")
+    paths = [rs.resolve_run_dir(p) for p in run_dirs]
+    per_run = [run_figures(p) for p in paths]
+    columns = [("", "left")] + [(p.name, "right") for p in paths]
+    console.print(table("metrics", columns, [[key, *(r[key] for r in per_run)] for key in per_run[0]]))
+    configs = [flatten(read(p / "config.yaml")) for p in paths]
+    differing = [k for k in sorted(set().union(*configs))
+                 if k != "name" and len({json.dumps(c.get(k)) for c in configs}) > 1]
+    if not differing:
+        say("configs are identical (but for the name)")
+        return
+    console.print(table("config differences", [("key", "left")] + [(p.name, "left") for p in paths],
+                        [[k, *(json.dumps(c.get(k)) if k in c else "-" for c in configs)] for k in differing]))
+
+
+def add_commands(app: typer.Typer) -> None:
+    app.command("runs")(runs_)
+    app.command()(compare)

@@ -1,0 +1,142 @@
+"""``cnncli train``: a config into a new run folder, or ``--resume`` a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cnncli.cli.common import SET, console, err_console, say, user_errors
+from cnncli.cli.inspect import summary_table
+from cnncli.errors import CnnCliError
+
+
+class ProgressDisplay:
+    """A rich progress bar per epoch with loss, accuracy and images/s; one line per
+    epoch when the output is not a terminal."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task = None
+        self.epochs = 0
+        self.steps = 0
+
+    def on_train_start(self, epochs, steps_per_epoch, state):
+        self.epochs, self.steps = epochs, steps_per_epoch
+
+    def on_epoch_start(self, epoch):
+        if not console.is_terminal:  # piped or captured: the per-epoch lines only
+            self.progress = None
+            return
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}"), BarColumn(bar_width=30),
+            MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+            console=console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=self.steps, stats="")
+
+    def on_batch_end(self, epoch, batch, loss, accuracy, images_per_second):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=batch,
+                                 stats=f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_second:,.0f} img/s")
+
+    def on_step_end(self, state):
+        pass
+
+    def on_interrupt(self, state):
+        self._stop()
+
+    def on_epoch_end(self, m, improved, state):
+        self._stop()
+        val = f"  val_loss {m.val_loss:.4f}  val_acc {m.val_accuracy:.3f}" if m.val_loss is not None else ""
+        mark = " [green]*[/]" if improved else ""
+        console.print(f"epoch {m.epoch:>{len(str(self.epochs))}}/{self.epochs}  loss {m.loss:.4f}  "
+                      f"acc {m.accuracy:.3f}{val}  {m.seconds:.1f}s  {m.images_per_second:,.0f} img/s{mark}",
+                      highlight=False, soft_wrap=True)
+
+    def on_train_end(self, result):
+        self._stop()
+
+    def _stop(self):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def print_ready(run_dir, cfg, network, data) -> None:
+    """What a run is about to do: the parameter table, the data, the settings."""
+    from cnncli.summary import summarize
+
+    console.print(summary_table(summarize(network), flops=False))
+    info = data.info
+    extra = f", {len(info['skipped'])} unreadable skipped" if info.get("skipped") else ""
+    cached = " (from cache)" if info.get("cached") else ""
+    say(f"data: {cfg['data']['source']}{cached}, classes {', '.join(data.class_names)}; train {info['train']}, "
+        f"validation {info['validation']}, test {info['test']}{extra}")
+    for f in info.get("skipped", [])[:10]:
+        say(f"warning: skipped unreadable image {f}", error=True)
+    if cfg["plugins"]:
+        say("plugins: " + ", ".join(p.get("origin", p["file"]) for p in cfg["plugins"]))
+    opt = cfg["optimizer"]
+    say(f"seed {cfg['seed']}; loss {cfg['loss']['name']} ({cfg['loss']['reduction']}); optimizer {opt['name']} "
+        f"lr {opt['lr']:g}; {cfg['train']['epochs']} epochs of batch {cfg['train']['batch_size']}; "
+        f"run folder {run_dir}")
+
+
+def print_outcome(run) -> None:
+    """How a run ended: interrupted (exit 130, with how to go on), or its best epoch."""
+    if run.status == "interrupted":
+        from cnncli.runs import read_status
+
+        status = read_status(run.path)
+        say(f"interrupted in epoch {status.get('epoch', 0) + 1} after batch {status.get('batch')} (step "
+            f"{status.get('step')}); checkpoint written to {run.path / 'checkpoints' / 'last.npz'}\n"
+            f"resume with: cnncli train --resume {run.path}", error=True)
+        raise typer.Exit(130)
+    best = run.best
+    if best is not None:
+        val = (f"val_loss {best.val_loss:.4f}, val_accuracy {best.val_accuracy:.4f}" if best.val_loss is not None
+               else f"loss {best.loss:.4f}, accuracy {best.accuracy:.4f}")
+        say(f"best epoch {best.epoch} ({run.result.monitor}): {val}")
+    if run.result.stopped_early:
+        say(f"stopped early after epoch {run.history[-1].epoch}")
+    say(f"run: {run.path}")
+
+
+@user_errors
+def train(
+    config: Optional[Path] = typer.Argument(None, help="Experiment config (YAML).", dir_okay=False),
+    set_: List[str] = SET,
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are created."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder.",
+                                          file_okay=False),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table or progress bars."),
+) -> None:
+    """Train CONFIG into a new run folder under runs/ (or continue one with --resume).
+
+    Ctrl-C (or SIGTERM) stops after the current step and writes a checkpoint; a second
+    Ctrl-C stops at once. `cnncli train --resume RUN_DIR` then continues exactly.
+    """
+    from cnncli import experiment
+
+    if (config is None) == (resume is None):
+        raise CnnCliError("train: give a CONFIG file, or --resume RUN_DIR (not both)")
+    if resume is not None and (set_ or name):
+        raise CnnCliError("train --resume continues a run with its own config: --set and --name do not apply")
+    shown = {"on_ready": None if quiet else print_ready, "callbacks": () if quiet else (ProgressDisplay(),)}
+    try:
+        if resume is not None:
+            run = experiment.resume(resume, on_notice=lambda line: say(f"note: {line}", error=True), **shown)
+        else:
+            run = experiment.train(str(config), overrides=set_, runs_dir=runs_dir, name=name, **shown)
+    except KeyboardInterrupt:
+        err_console.print("stopped at once: the last checkpoint and every finished epoch are kept "
+                          "(status.json says interrupted); continue with cnncli train --resume RUN_DIR")
+        raise typer.Exit(130) from None
+    print_outcome(run)
+
+
+def add_commands(app: typer.Typer) -> None:
+    app.command()(train)
