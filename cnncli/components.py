@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 from cnncli.errors import ConfigError
 from cnncli.nn import REGISTRIES
@@ -23,5 +24,6 @@ def describe_components(kind: str | None = None) -> list[list[str]]:
             keys = ", ".join(f"{k}*" if k in required else k for k in sorted(names))
             origin = registry.origin(name)
             doc = (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
-            rows.append([registry.kind, name, keys or "-", "built-in" if origin is None else str(origin), doc])
+            where = "built-in" if origin is None else f"plugin {Path(origin.path).name}"
+            rows.append([registry.kind, name, keys or "-", where, doc])
     return rows

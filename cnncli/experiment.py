@@ -199,7 +199,7 @@ def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_read
     if status == "completed":
         raise RunFolderError(f"{run_dir}: the run has completed; nothing to resume")
     config = load_config(run_dir / "config.yaml", check_paths=True)
-    for line in plugins.changed_originals(config["plugins"]):
+    for line in plugins.changed_originals(config["plugins"], run_dir):
         if on_notice is not None:
             on_notice(line)
     config, built, data = prepare(config, (), run_dir.parent)

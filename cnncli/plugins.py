@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import re
 import sys
 import traceback
@@ -87,7 +88,7 @@ def _load(index: int, entry: dict, base_dir: Path) -> dict:
         if entry.get("sha256"):
             raise _error(index, shown, "the run folder's copy of this plugin is missing; the run cannot be loaded "
                                        "without the code it was trained with")
-        raise _error(index, shown, f"no such plugin file ({path})")
+        raise _error(index, shown, f"no such plugin file ({path.absolute()})")
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     if entry.get("sha256") and entry["sha256"] != sha:
@@ -183,20 +184,21 @@ def copy_into(run_dir: Path, resolved: list[dict]) -> list[dict]:
     return out
 
 
-def changed_originals(entries: list[dict]) -> list[str]:
+def changed_originals(entries: list[dict], run_dir: Path) -> list[str]:
     """For a run's plugin entries: a line for each original file that differs from the
     copy the run uses (resume reports these; it runs the copy)."""
     notes = []
     for i, entry in enumerate(entries):
+        copy = os.path.relpath(entry["file"], run_dir)
         origin = entry.get("origin", "")
         if not origin or origin.startswith("module "):
             continue
         path = Path(origin)
         if not path.is_file():
-            notes.append(f"plugins[{i}]: {origin} is gone; the run's copy {entry['file']} is used")
+            notes.append(f"plugins[{i}]: {origin} is gone; the run's copy {copy} is used")
         elif sha256_of(path) != entry["sha256"]:
             notes.append(f"plugins[{i}]: {origin} has changed since the run started; resuming with the run's copy "
-                         f"{entry['file']} (sha256 {entry['sha256'][:12]}...), not the edited file")
+                         f"{copy} (sha256 {entry['sha256'][:12]}...), not the edited file")
     return notes
 
 
@@ -211,7 +213,8 @@ def write_files(resolved: list[dict], files: dict[str, bytes], folder: Path) -> 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i, entry in enumerate(resolved):
-        target = folder / f"plugin{i}-{Path(entry['file']).name}"
+        target = folder / str(i) / Path(entry["file"]).name  # the name kept: run folders copy it as it is
+        target.parent.mkdir(exist_ok=True)
         target.write_bytes(files[entry["sha256"]])
-        out.append({"file": str(target), "sha256": entry["sha256"]})
+        out.append({"file": str(target), "sha256": entry["sha256"], "origin": entry.get("origin", entry["file"])})
     return out

@@ -1,4 +1,5 @@
-"""The engine imports numpy and the standard library only (ARCHITECTURE.md)."""
+"""The engine imports numpy and the standard library only, and nothing of cnncli outside
+cnncli.nn (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ make_loss("binary_crossentropy"); make_optimizer("adam")
 import cnncli.nn.gradcheck
 forbidden = {FORBIDDEN!r}
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in forbidden)
-print(json.dumps({{"loaded": loaded, "numpy": "numpy" in sys.modules}}))
+app = sorted(m for m in sys.modules if m.startswith("cnncli.") and not m.startswith("cnncli.nn"))
+print(json.dumps({{"loaded": loaded, "numpy": "numpy" in sys.modules, "app": app}}))
 """
 
 
@@ -31,6 +33,7 @@ def test_engine_imports_no_ui_or_io_libraries():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["numpy"]
     assert result["loaded"] == [], f"cnncli.nn pulled in {result['loaded']}"
+    assert result["app"] == [], f"cnncli.nn imported the application's {result['app']}"
 
 
 def test_detector_sees_a_forbidden_import():
@@ -41,3 +44,7 @@ def test_detector_sees_a_forbidden_import():
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["loaded"] == ["yaml"]
+    script = SCRIPT.replace("import cnncli.nn\n", "import cnncli.nn\nimport cnncli.errors\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["app"] == ["cnncli.errors"]
