@@ -11,10 +11,13 @@ import naive
 from engine_modes import serial_and_split
 from cnncli.errors import ConfigError, ShapeError
 from cnncli.nn import Network
+from cnncli.nn.activations import ACTIVATIONS
 from cnncli.nn.gradcheck import check_layer
 from cnncli.nn.layers import (LAYERS, ActivationLayer, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout,
                               Flatten, GlobalAvgPool2D, MaxPool2D)
 from cnncli.nn.registry import construct
+
+ALL_ACTIVATIONS = ", ".join(ACTIVATIONS.names())  # every activation, new built-ins included
 
 # Every test twice: serially and with the work split over the engine's threads.
 engine_mode = serial_and_split()
@@ -641,13 +644,13 @@ def test_flatten_order_is_h_w_c(build64):
     (lambda: Conv2D(filters=1, kernel_size=3, use_bias="yes"), "use_bias: expected true or false; got 'yes'"),
     (lambda: Conv2D(filters=1, kernel_size=3, activation="tanhh"),
      "activation: unknown activation 'tanhh' (did you mean 'tanh'?); expected one of: "
-     "leaky_relu, linear, relu, sigmoid, softmax, softplus, tanh"),
+     + ALL_ACTIVATIONS),
     (lambda: Conv2D(filters=1, kernel_size=3, activation={"name": "leaky_relu", "negative_slope": -1}),
      "activation.negative_slope: expected a number >= 0 and < 1; got -1"),
     (lambda: Dense(units=0), "units: expected a positive int; got 0"),
     (lambda: Dense(units=3, activation="sigmod"),
      "activation: unknown activation 'sigmod' (did you mean 'sigmoid'?); expected one of: "
-     "leaky_relu, linear, relu, sigmoid, softmax, softplus, tanh"),
+     + ALL_ACTIVATIONS),
     (lambda: MaxPool2D(pool_size=0), "pool_size: expected a positive int or [int, int]; got 0"),
     (lambda: MaxPool2D(pool_size=2, stride=[1, 0]), "stride: expected a positive int or [int, int]; got [1, 0]"),
     (lambda: AvgPool2D(padding="full"), "padding: expected 'valid', 'same', an int >= 0 or [int, int]; got 'full'"),
@@ -659,7 +662,7 @@ def test_flatten_order_is_h_w_c(build64):
     (lambda: BatchNorm(epsilon=0), "epsilon: expected a number > 0; got 0"),
     (lambda: ActivationLayer(activation="tanhh"),
      "activation: unknown activation 'tanhh' (did you mean 'tanh'?); expected one of: "
-     "leaky_relu, linear, relu, sigmoid, softmax, softplus, tanh"),
+     + ALL_ACTIVATIONS),
 ])
 def test_bad_arguments_exact_message(make, message):
     with pytest.raises(ConfigError) as err:
