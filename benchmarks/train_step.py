@@ -274,7 +274,6 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
     """Per-phase times of ``net.train_step``, by wrapping the calls it makes (no engine edits)."""
     import resource
 
-    from cnncli.nn.activations import Linear
     from cnncli.nn.layers import ActivatedLayer, Conv2D, Dense
 
     net, loss, opt = backend.net, backend.loss, backend.opt
@@ -323,14 +322,18 @@ def _profile_once(np, backend: CnncliBackend, repeats: int) -> dict:
 
     patched = []  # (object, attribute) set on instances, removed afterwards
     top = []
-    for i, layer in enumerate(net.layers):
-        tag = f"{i} {layer.type_name}"
+    # The engine runs the steps of its plan (a conv and the max-pool after it as one step;
+    # cnncli.nn.fusion); older engines ran the layers themselves.
+    steps = getattr(net, "steps", None) or net.layers
+    for i, step in enumerate(steps):
+        tag = step.describe() if hasattr(step, "describe") else f"{i} {step.type_name}"
         for kind in ("forward", "backward"):
             name = f"{tag} {kind}"
-            setattr(layer, kind, timed(getattr(layer, kind), name, phase=True))
-            patched.append((layer, kind))
+            setattr(step, kind, timed(getattr(step, kind), name, phase=True))
+            patched.append((step, kind))
             top.append(name)
-        if (isinstance(layer, ActivatedLayer) and not isinstance(layer.activation, Linear)
+    for layer in net.layers:
+        if (isinstance(layer, ActivatedLayer) and layer.activation.name != "linear"
                 and "forward" not in vars(layer.activation)):  # not twice if shared
             act = layer.activation
             act.forward = sub(act.forward, act.name)
