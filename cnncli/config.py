@@ -30,7 +30,7 @@ from cnncli import plugins, yamlfiles
 from cnncli.errors import ConfigError, ShapeError
 from cnncli.nn import validate
 from cnncli.nn.validate import known_keys
-from cnncli.runs import sanitize_name
+from cnncli.runs import CHECKPOINTS, sanitize_name
 
 SECTIONS = ("name", "seed", "plugins", "data", "model", "loss", "optimizer", "train", "eval")
 DATA_SOURCES = ("synthetic", "image_folder", "npz", "idx")
@@ -368,7 +368,7 @@ def resolve_eval(raw: dict) -> dict:
     known_keys(raw, EVAL_DEFAULTS, "eval")
     out = {**EVAL_DEFAULTS, **raw}
     _in("eval", validate.positive_int, "batch_size", out["batch_size"])
-    _in("eval", validate.choice, "checkpoint", out["checkpoint"], ("best", "last"), "best or last")
+    _in("eval", validate.choice, "checkpoint", out["checkpoint"], CHECKPOINTS, "best or last")
     return out
 
 
