@@ -207,6 +207,8 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
     network = build_network(out, allocate=False)
     loss, optimizer = resolve_objective(raw, network)
     out["loss"], out["optimizer"] = loss.config(), optimizer.config()
+    # Components registered from an importable module without plugins: a run keeps them too.
+    out["plugins"] = out["plugins"] + plugins.implicit(out, out["plugins"])
     if check_memory:
         from cnncli.resources import check_memory as refuse_oversized
 

@@ -159,6 +159,36 @@ def _load_module(index: int, entry: dict) -> dict:
     return {"module": name, "file": str(Path(file).resolve()), "sha256": sha256_of(Path(file))}
 
 
+def implicit(values: dict, resolved: list[dict]) -> list[dict]:
+    """Entries for the importable modules that registered components this config names
+    without listing them under ``plugins`` (registered from Python before the config was
+    read), so that a run keeps their code like a listed plugin's."""
+    from cnncli.nn import REGISTRIES
+
+    named = set(_strings({key: values[key] for key in ("model", "loss", "optimizer")}))
+    known = {entry["sha256"] for entry in resolved} | {entry["file"] for entry in resolved}
+    modules = []
+    for registry in REGISTRIES.values():
+        for name in named & set(registry.names()):
+            origin = registry.origin(name)
+            if origin is None or origin.path in known or origin.sha256 in known:
+                continue
+            if origin.module and origin.module != "__main__" and not origin.module.startswith("cnncli_plugins."):
+                modules.append(origin.module)
+    return [_load_module(len(resolved) + i, {"module": m}) for i, m in enumerate(sorted(set(modules)))]
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _strings(value)
+
+
 # -------------------------------------------------------------------------- run folders
 def copy_into(run_dir: Path, resolved: list[dict]) -> list[dict]:
     """Copy each plugin's file into ``run_dir/plugins/``; return the entries a run's

@@ -392,3 +392,29 @@ def test_components_lists_plugins_with_their_origin(tmp_path):
 def test_a_plugin_error_is_a_plugin_error():
     with pytest.raises(PluginError, match=r"plugins\[0\]: nope.py: no such plugin file"):
         plugins.resolve(["nope.py"], REPO)
+
+
+def test_a_component_registered_from_python_is_kept_by_the_run(tmp_path, monkeypatch):
+    """Registered by importing a module (no plugins: in the config), used by cnncli.train:
+    the run keeps that module's code, so eval works in a new process without it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mylab_registered.py").write_text(doc_files()["blocks.py"].replace('"mish"', '"mish_py"')
+                                              .replace('"channel_scale"', '"channel_scale_py"')
+                                              .replace('"lion"', '"lion_py"'))
+    monkeypatch.syspath_prepend(str(site))
+    import importlib
+
+    importlib.import_module("mylab_registered")
+    cfg = yaml.safe_load(doc_files()["demo.yaml"].replace("mish", "mish_py").replace("lion", "lion_py")
+                         .replace("channel_scale", "channel_scale_py"))
+    del cfg["plugins"]
+    cfg["data"]["num_samples"], cfg["train"]["epochs"] = 90, 1
+    run = cnncli.train(cfg, runs_dir=tmp_path / "runs")
+    entry = yaml.safe_load((run.path / "config.yaml").read_text())["plugins"]
+    assert entry == [{"file": "plugins/mylab_registered.py", "sha256": hashlib.sha256(
+        (site / "mylab_registered.py").read_bytes()).hexdigest(), "origin": "module mylab_registered"}]
+    done = subprocess.run([sys.executable, "-m", "cnncli.cli", "eval", str(run.path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "accuracy" in done.stdout

@@ -40,6 +40,8 @@ class Origin:
 
     path: str
     sha256: str | None
+    #: The module that registered it (``__main__`` for a script or notebook).
+    module: str = ""
 
     def same_source(self, other: "Origin") -> bool:
         return self.path == other.path or (self.sha256 is not None and self.sha256 == other.sha256)
@@ -56,14 +58,14 @@ def origin_of(obj: object) -> Origin | None:
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
     if file is None:
-        return Origin(f"<module {module_name}>", None)
+        return Origin(f"<module {module_name}>", None, module_name)
     sha = getattr(module, "__cnncli_sha256__", None)
     if sha is None:
         try:
             sha = hashlib.sha256(Path(file).read_bytes()).hexdigest()
         except OSError:
             sha = None
-    return Origin(str(file), sha)
+    return Origin(str(file), sha, module_name)
 
 
 def describe_origin(origin: Origin | None) -> str:
