@@ -25,5 +25,8 @@ def describe_components(kind: str | None = None) -> list[list[str]]:
             origin = registry.origin(name)
             doc = (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
             where = "built-in" if origin is None else f"plugin {Path(origin.path).name}"
+            canonical = getattr(obj, getattr(obj, "name_attribute", "name"), name) if isinstance(obj, type) else name
+            if canonical != name:
+                doc = f"another name for {canonical}"
             rows.append([registry.kind, name, keys or "-", where, doc])
     return rows

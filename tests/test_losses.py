@@ -76,7 +76,7 @@ CASE_IDS = ["mse", "mse-half", "mae", "bce", "cce", "kl"]
 
 
 def test_registry_has_table_1():
-    assert set(LOSSES.names()) == {"mse", "mae", "binary_crossentropy", "categorical_crossentropy",
+    assert set(LOSSES.names()) >= {"mse", "mae", "binary_crossentropy", "categorical_crossentropy",
                                    "kl_divergence"}
 
 
@@ -106,9 +106,9 @@ FUSED = [("binary_crossentropy", "sigmoid"), ("categorical_crossentropy", "softm
 
 
 def test_fused_activations_are_declared():
-    assert {n: LOSSES.get(n).fused_activation for n in LOSSES.names()} == {
-        "mse": None, "mae": None, "binary_crossentropy": "sigmoid",
-        "categorical_crossentropy": "softmax", "kl_divergence": "softmax"}
+    table1 = {"mse": None, "mae": None, "binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax",
+              "kl_divergence": "softmax"}
+    assert {n: LOSSES.get(n).fused_activation for n in table1} == table1
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

@@ -389,6 +389,18 @@ def test_components_lists_plugins_with_their_origin(tmp_path):
     assert_user_error(invoke("components", "optimiser"), "unknown kind 'optimiser' (did you mean 'optimizer'?)")
 
 
+def test_components_prints_docstrings_as_text():
+    res = invoke("components", "loss")
+    assert_ok(res)
+    assert "-[y ln yhat + (1 - y) ln(1 - yhat)] per output." in res.stdout  # not eaten as markup
+
+
+def test_an_activation_shortcut_reports_the_key_the_user_wrote():
+    with pytest.raises(ConfigError) as err:
+        Network([{"type": "leaky_relu", "negative_slope": -1}])
+    assert str(err.value) == "layers[0].negative_slope: expected a number >= 0 and < 1; got -1"
+
+
 def test_a_plugin_error_is_a_plugin_error():
     with pytest.raises(PluginError, match=r"plugins\[0\]: nope.py: no such plugin file"):
         plugins.resolve(["nope.py"], REPO)

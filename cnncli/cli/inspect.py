@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cnncli.cli.common import RUNS_DIR, SET, config_path, console, say, table, user_errors
@@ -174,7 +175,7 @@ def components(
 
         raw = read(config_path(config))
         plugins.resolve((raw or {}).get("plugins") if isinstance(raw, dict) else None, config_path(config).parent)
-    rows = describe_components(kind)
+    rows = [[escape(cell) for cell in row] for row in describe_components(kind)]  # text, not markup
     console.print(table("components" + (f" ({kind})" if kind else ""),
                         [("kind", "left"), ("name", "left"), ("keys", "left"), ("from", "left"),
                          ("description", "left")], rows))

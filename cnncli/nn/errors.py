@@ -44,6 +44,10 @@ class ConfigError(InputError):
         ConfigError.__init__(err, path, self.expected, self.got, raw=self.raw, source=source)
         return err
 
+    def at(self, path: str) -> "ConfigError":
+        """The same error, said of the key ``path`` instead."""
+        return self._copy(path, self.source)
+
     def in_file(self, source: str | None) -> "ConfigError":
         """The same error, said of the file ``source``."""
         return self._copy(self.path, source)

@@ -5,7 +5,10 @@ activations, optimizer updates) on one core, while BLAS spreads only the matrix 
 over all of them. On a 2-core machine that left one core idle for a third of a training
 step. The engine therefore splits each large operation, products included, into one
 chunk of rows per thread and runs the chunks at once: NumPy releases the GIL inside its
-loops and BLAS calls, so the chunks really run in parallel. Once a network call splits
+loops and BLAS calls, so the chunks really run in parallel. (What is split: the conv's
+im2col, products and scatter, dense products, max pooling with the activation after it
+in a fused step, and optimizer updates; an activation applied by its own layer, or
+average pooling, runs on the calling thread.) Once a network call splits
 an operation, BLAS is kept to one thread until the call ends (``engine()``), so that
 BLAS's threads and the engine's never compete for the same cores; a call in which
 nothing is large enough to split leaves BLAS's own threading alone.

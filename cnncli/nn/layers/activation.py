@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cnncli.nn.activations import ACTIVATIONS
 from cnncli.nn.describe import Equation, Explanation, batch_shape
+from cnncli.nn.errors import ConfigError
 from cnncli.nn.layers.base import LAYERS, ActivatedLayer
 from cnncli.nn.registry import allowed_keys, register
 
@@ -47,7 +48,10 @@ def _add_shortcut(name, activation_class, origin) -> None:
     """``{type: <activation>}`` builds ``{type: activation, activation: <activation>}``."""
 
     def make(**kwargs):
-        return ActivationLayer(activation={"name": name, **kwargs})
+        try:
+            return ActivationLayer(activation={"name": name, **kwargs})
+        except ConfigError as err:  # the user wrote {type: elu, alpha: ...}: name alpha, not activation.alpha
+            raise err.at(err.path.removeprefix("activation.")) from None
 
     make.allowed_keys, make.required_keys = allowed_keys(activation_class)
     make.__doc__ = activation_class.__doc__

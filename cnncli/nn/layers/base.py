@@ -224,6 +224,16 @@ class ActivatedLayer(Layer):
         act = self.activation.name
         return self.type_name if act == "linear" else f"{self.type_name} ({act})"
 
+    def kept_z_values(self) -> int:
+        """Values per example kept for the activation's backward pass beyond the output:
+        ``z`` itself, when the activation cannot back-propagate from its output alone."""
+        if self.activation.name == "linear" or self.activation.backward_from_output:
+            return 0
+        return math.prod(self.output_shape)
+
+    def values_per_example(self) -> int:
+        return super().values_per_example() + self.kept_z_values()
+
     def activation_backward_flops(self) -> int | None:
         """FLOPs of dL/da * g'(z) for one example's output."""
         per_element = self.activation.backward_flops

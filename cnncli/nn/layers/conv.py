@@ -138,12 +138,13 @@ class Conv2D(ActivatedLayer):
 
     def values_per_example(self):
         """The im2col matrix twice (cols, and dcols or its share), the output twice (z and
-        g(z)) and the padded input."""
+        g(z)), the padded input, and z once more if the activation needs it for backward."""
         kh, kw = self.kernel_size
         ho, wo = self.out_hw
         pt, pb, pl, pr = self.pads
         h, w, c = self.input_shape
-        return 2 * ho * wo * kh * kw * c + 2 * ho * wo * self.filters + (h + pt + pb) * (w + pl + pr) * c
+        return (2 * ho * wo * kh * kw * c + 2 * ho * wo * self.filters + (h + pt + pb) * (w + pl + pr) * c
+                + self.kept_z_values())
 
     def explain(self, index, first):
         h, w, c = self.input_shape

@@ -150,7 +150,8 @@ class Loss(Component):
         return sec
 
     def __repr__(self):
-        return f"{type(self).__name__}(reduction={self.reduction!r})"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
 
 
 class LogitsLoss(Loss):

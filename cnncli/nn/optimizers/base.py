@@ -196,11 +196,13 @@ class Optimizer(Component):
 
     # -- what summary and explain ask -----------------------------------------------------
     def flops_per_parameter(self) -> int | None:
-        """FLOPs of one update per parameter element: the rule, plus weight decay (2) and
-        clipping (3); None when the rule declares none."""
+        """FLOPs of one update per parameter element: the rule, plus L2 weight decay folded
+        into the gradient (2; a decoupled decay is part of the rule) and clipping (3);
+        None when the rule declares none."""
         if self.update_flops is None:
             return None
-        return self.update_flops + (2 if self.weight_decay else 0) + (3 if self.clip_norm is not None else 0)
+        decay = 2 if self.weight_decay and not self.decoupled_weight_decay else 0
+        return self.update_flops + decay + (3 if self.clip_norm is not None else 0)
 
     def rule(self) -> list[tuple[str, str]] | None:
         """The update rule with this optimizer's numbers, as (text, TeX) lines; None when
