@@ -430,3 +430,63 @@ def test_a_component_registered_from_python_is_kept_by_the_run(tmp_path, monkeyp
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "accuracy" in done.stdout
+
+
+OTHER_KINDS = '''
+import numpy as np
+from cnncli.nn import Initializer, Loss, Schedule, register
+
+
+@register("log_cosh")
+class LogCosh(Loss):
+    """E = sum ln cosh(yhat - y)."""
+
+    def sum_and_gradient(self, y_pred, y, from_logits=False):
+        d = y_pred - y
+        return float(np.sum(np.logaddexp(d, -d) - np.log(2))), np.tanh(d)
+
+
+@register("halving")
+class Halving(Schedule):
+    """The rate halves every `every` updates."""
+
+    def __init__(self, *, every=10):
+        self.every = every
+
+    def __call__(self, base_lr, t):
+        return base_lr * 0.5 ** (t // self.every)
+
+
+@register("tiny_uniform")
+class TinyUniform(Initializer):
+    """U(-scale, scale)."""
+
+    def __init__(self, *, scale=0.01):
+        self.scale = scale
+
+    def sample(self, shape, rng, fan_in, fan_out):
+        return rng.uniform(-self.scale, self.scale, size=shape)
+'''
+
+
+def test_a_loss_a_schedule_and_an_initializer_from_a_plugin(tmp_path, monkeypatch):
+    """The other three kinds: named in a config, trained, summarized and explained."""
+    monkeypatch.chdir(tmp_path)
+    path = _config_with(tmp_path, OTHER_KINDS, layers=[
+        {"type": "flatten"},
+        {"type": "dense", "units": 3, "kernel_initializer": {"name": "tiny_uniform", "scale": 0.05}}])
+    cfg = yaml.safe_load(path.read_text())
+    cfg.update(loss="log_cosh", optimizer={"name": "sgd", "lr": 0.1, "schedule": {"name": "halving", "every": 2}})
+    path.write_text(yaml.safe_dump(cfg))
+    res = invoke("train", path, "--runs-dir", tmp_path / "runs", "-q")
+    assert_ok(res)
+    run = next((tmp_path / "runs").iterdir())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lr"] == 0.1 and len(rows) == 1
+    kernel = np.load(run / "checkpoints" / "last.npz")["param/layers.1.kernel"]
+    assert np.abs(kernel).max() <= 0.05 + 0.1 * 0.5 * 2  # drawn in (-0.05, 0.05), moved by a few small steps
+    explained = invoke("explain", path)
+    assert_ok(explained)
+    assert "loss: log_cosh (mean)" in explained.stdout and "E = sum ln cosh(yhat - y)." in explained.stdout
+    assert "The learning rate follows the halving schedule (every 2) from 0.1." in explained.stdout
+    assert_ok(invoke("eval", run))
