@@ -20,6 +20,7 @@ Every problem is a :class:`~cnncli.errors.ConfigError` that reads
 from __future__ import annotations
 
 import copy
+import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from cnncli.nn.validate import known_keys
 from cnncli.runs import CHECKPOINTS, sanitize_name
 
 SECTIONS = ("name", "seed", "plugins", "data", "model", "loss", "optimizer", "train", "eval")
-DATA_SOURCES = ("synthetic", "image_folder", "npz", "idx")
+DATA_SOURCES = ("synthetic", "image_folder", "npz", "idx", "caltech101", "mnist", "fashion_mnist")
 NORMALIZATIONS = ("scale", "standardize", "none")
 
 # Keys of data, by source; every source also takes the COMMON ones.
@@ -48,7 +49,13 @@ DATA_BY_SOURCE: dict[str, dict[str, Any]] = {
     "image_folder": {"path": None, "on_bad_image": "error", "cache": True},
     "npz": {"path": None, "x_key": "x", "y_key": "y"},
     "idx": {"path": None, "train_prefix": "train", "test_prefix": "t10k", "use_test": True},
+    # Datasets by name (cnncli.data.datasets): fetched, verified and cached on first use.
+    "caltech101": {"classes": ["Motorbikes", "airplanes"], "on_bad_image": "error", "cache": True},
+    "mnist": {"use_test": True},
+    "fashion_mnist": {"use_test": True},
 }
+#: The sources that read files from data.path.
+PATH_SOURCES = ("image_folder", "npz", "idx")
 TRAIN_DEFAULTS = {
     "epochs": 10,
     "batch_size": 32,
@@ -109,6 +116,8 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
         raw = yamlfiles.read(source)
     if base_dir is None:
         base_dir = Path(file).parent if file else Path.cwd()
+    if file:
+        _paths_from(raw, Path(file).parent)
     try:
         if raw is None:
             raise ConfigError("", "", None, raw="the config is empty; expected a mapping with the sections "
@@ -122,6 +131,17 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
     except ConfigError as err:
         raise err.in_file(file) if file and not err.source else err
     return Config(values, file, overrides)
+
+
+def _paths_from(raw: object, folder: Path) -> None:
+    """A config file's relative data paths are relative to its folder (``--set`` values,
+    applied later, stay relative to the current folder)."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict):
+        for key in ("path", "test_path"):
+            value = data.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+                data[key] = os.path.normpath(os.path.join(os.path.abspath(folder), value))
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -257,7 +277,9 @@ def _in(path: str, check, *args, **kwargs):
 
 def resolve_data(raw: dict, *, check_paths: bool) -> dict:
     source = raw.get("source", "synthetic")
-    _in("data", validate.choice, "source", source, DATA_SOURCES)
+    if source not in DATA_SOURCES:
+        raise ConfigError("data.source", "", None, raw=f"unknown data source {source!r}"
+                          f"{validate.did_you_mean(source, DATA_SOURCES)}; expected one of: {', '.join(DATA_SOURCES)}")
     defaults = {**DATA_COMMON, **DATA_BY_SOURCE[source]}
     known_keys(raw, defaults, "data")
     out = {**defaults, **raw, "source": source}
@@ -269,22 +291,39 @@ def resolve_data(raw: dict, *, check_paths: bool) -> dict:
         if not validate.is_int(out["num_classes"]) or not 2 <= out["num_classes"] <= 6:
             raise ConfigError("data.num_classes", "an int from 2 to 6 (the synthetic shapes)", out["num_classes"])
         _in("data", validate.number, "noise", out["noise"], low=0.0)
-    else:
+    elif source in PATH_SOURCES:
         if out["path"] is None:
             raise ConfigError("data.path", "", None, raw=f"missing; the {source} source reads its data from a path")
         for key in ("path", "test_path"):
-            if out[key] is not None and not isinstance(out[key], str):
-                raise ConfigError(f"data.{key}", "a path (string)", out[key])
-            if check_paths and out[key] is not None and not Path(out[key]).exists():
-                raise ConfigError(f"data.{key}", "", None, raw=f"{out[key]} does not exist")
-        if source == "image_folder":
-            _in("data", validate.choice, "on_bad_image", out["on_bad_image"], ("error", "skip"), "error or skip")
-            _in("data", validate.boolean, "cache", out["cache"])
-            if check_paths and not Path(out["path"]).is_dir():
-                raise ConfigError("data.path", "", None, raw=f"{out['path']} is not a folder of class folders")
-        if source == "idx":
-            _in("data", validate.boolean, "use_test", out["use_test"])
+            _check_path(out, key, check_paths)
+        if source == "image_folder" and check_paths and not Path(out["path"]).is_dir():
+            raise ConfigError("data.path", "", None, raw=f"{out['path']} is not a folder of class folders")
+    else:
+        _check_path(out, "test_path", check_paths)
+    if "classes" in out:
+        classes = out["classes"]
+        if (not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes)
+                or not all(isinstance(c, str) and c for c in classes)):
+            raise ConfigError("data.classes", "a list of at least 2 different class names", classes)
+    if "on_bad_image" in out:
+        _in("data", validate.choice, "on_bad_image", out["on_bad_image"], ("error", "skip"), "error or skip")
+    for key in ("cache", "use_test"):
+        if key in out:
+            _in("data", validate.boolean, key, out[key])
     return out
+
+
+def _check_path(out: dict, key: str, check_paths: bool) -> None:
+    """A path (string) that exists, when asked; written absolute (relative to the current folder)."""
+    value = out[key]
+    if value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"data.{key}", "a path (string)", value)
+    absolute = os.path.abspath(os.path.expanduser(value))
+    if check_paths and not Path(absolute).exists():
+        raise ConfigError(f"data.{key}", "", None, raw=f"{absolute} does not exist")
+    out[key] = absolute
 
 
 def resolve_model(raw: dict) -> dict:

@@ -26,3 +26,12 @@ def build64():
         return layer
 
     return build
+
+
+@pytest.fixture(autouse=True)
+def no_dataset_download_leaves_this_machine(tmp_path_factory, monkeypatch):
+    """Datasets by name are cached in a new folder for each test, never in the user's
+    cache, and any download goes to a port on this machine where nothing listens (a
+    test that serves a mirror sets its own)."""
+    monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path_factory.mktemp("datasets")))
+    monkeypatch.setenv("CNNCLI_DATA_MIRROR", "http://127.0.0.1:9")

@@ -106,9 +106,11 @@ def test_quickstart_learns(tmp_path):
 @pytest.mark.skipif(not (CALTECH / "Motorbikes").is_dir(), reason=f"{CALTECH} is not there")
 def test_paper_network_on_caltech_end_to_end(tmp_path):
     runs = tmp_path / "runs"
+    added = CliRunner().invoke(app_(), ["data", "add", "caltech101", str(CALTECH)])  # offline: the shared copy
+    assert added.exit_code == 0, added.stdout
     res = CliRunner().invoke(app_(), [
         "train", str(REPO / "configs" / "paper.yaml"), "--runs-dir", str(runs), "--quiet",
-        "--set", f"data.path={CALTECH}", "--set", "optimizer.name=adam", "--set", "optimizer.lr=0.001",
+        "--set", "optimizer.name=adam", "--set", "optimizer.lr=0.001",
         "--set", "loss.reduction=mean", "--set", "train.epochs=3"])
     assert res.exit_code == 0, (res.stdout, res.stderr, res.exc_info)
     (run,) = [p for p in runs.iterdir() if not p.name.startswith(".")]

@@ -9,6 +9,7 @@ inspect.py     summary, explain, gradcheck, components
 pictures.py    visualize, plot
 sweep.py       sweep
 runs.py        runs, compare
+data.py        data list, data fetch, data info, data add
 common.py      consoles, the one-line error form, shared options
 =============  ==================================================
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import typer
 
 import cnncli
-from cnncli.cli import evaluate, inspect, pictures, runs, sweep, train
+from cnncli.cli import data, evaluate, inspect, pictures, runs, sweep, train
 from cnncli.cli.common import console, user_errors
 
 app = typer.Typer(
@@ -48,7 +49,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     user_errors(parallel.threads_from_environment)()  # a bad CNNCLI_THREADS: one line, before any work
 
 
-for _module in (train, evaluate, inspect, pictures, sweep, runs):
+for _module in (train, evaluate, inspect, pictures, sweep, runs, data):
     _module.add_commands(app)
 
 __all__ = ["app"]

@@ -124,6 +124,25 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
         if data["test_path"]:
             x_test, y_test = load_npz(data["test_path"], data["x_key"], data["y_key"])
         names = None
+    elif source == "caltech101":
+        from cnncli.data import datasets
+        from cnncli.data.image_folder import load_image_folder
+
+        root, checked = datasets.prepare(source)
+        loaded = load_image_folder(root, tuple(input_shape), on_bad_image=data["on_bad_image"],
+                                   cache_dir=cache_dir if data["cache"] else None, classes=data["classes"])
+        x, y, names = loaded.x, loaded.y, loaded.class_names
+        info.update(skipped=loaded.skipped, cached=loaded.cached, dataset=_dataset_record(source, checked))
+    elif source in ("mnist", "fashion_mnist"):
+        from cnncli.data import datasets
+        from cnncli.data.idx import load_idx_pair
+
+        root, checked = datasets.prepare(source)
+        x, y = load_idx_pair(root, "train")
+        if data["use_test"]:
+            x_test, y_test = load_idx_pair(root, "t10k")
+        names = None
+        info["dataset"] = _dataset_record(source, checked)
     else:  # idx
         from cnncli.data.idx import load_idx_pair
 
@@ -140,6 +159,16 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
         top = int(max(y.max(), y_test.max() if y_test is not None else 0))
         names = [str(i) for i in range(top + 1)]
     return x, y, x_test, y_test, names, info
+
+
+def _dataset_record(name: str, checked: dict) -> dict:
+    """What a run's data.json says of a dataset by name: where it was read, how it was
+    checked, its licence and how to cite it."""
+    from cnncli.data.datasets import get
+
+    dataset = get(name)
+    return {"name": name, "read_from": checked.get("root"), "check": checked.get("check"),
+            "license": dataset.license, "citation": dataset.citation}
 
 
 def check_images(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -203,7 +232,7 @@ def load_dataset(values: dict, cache_dir: str | Path | None = None, outputs: int
     data, seed = values["data"], values["seed"]
     input_shape = tuple(values["model"]["input_shape"])
     dtype = np.float32 if values["train"]["dtype"] == "float32" else np.float64
-    where = data.get("path") or "synthetic data"
+    where = data.get("path") or ("synthetic data" if data["source"] == "synthetic" else data["source"])
     x, y, x_test, y_test, names, info = load_raw(data, input_shape, seed, cache_dir)
     if data["limit"] is not None and data["limit"] < len(y):
         keep_fraction = data["limit"] / len(y)

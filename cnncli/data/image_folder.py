@@ -36,13 +36,23 @@ class FolderImages:
     cached: bool = False
 
 
-def list_classes(root: Path) -> list[tuple[str, list[Path]]]:
-    """[(class name, sorted image files)] of the class folders under ``root``."""
+def list_classes(root: Path, only: list[str] | None = None) -> list[tuple[str, list[Path]]]:
+    """[(class name, sorted image files)] of the class folders under ``root`` (or of the
+    folders named in ``only``; sorted either way)."""
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class folders; expected {root}/<class>/<image files>")
+    if only is not None:
+        from cnncli.nn.validate import did_you_mean
+
+        names = [p.name for p in classes]
+        for name in only:
+            if name not in names:
+                raise DataError(f"data.classes: unknown class {name!r}{did_you_mean(name, names)} in {root}; "
+                                f"it has {len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+        classes = [p for p in classes if p.name in only]
     out = []
     for folder in classes:
         files = sorted(p for p in folder.iterdir()
@@ -84,13 +94,14 @@ def cache_key(classes: list[tuple[str, list[Path]]], root: Path, shape: tuple[in
 
 
 def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_image: str = "error",
-                      cache_dir: str | Path | None = None) -> FolderImages:
-    """Decode every image under ``root`` to uint8 ``shape`` = (H, W, C)."""
+                      cache_dir: str | Path | None = None, classes: list[str] | None = None) -> FolderImages:
+    """Decode every image under ``root`` (of the class folders ``classes``, default all)
+    to uint8 ``shape`` = (H, W, C)."""
     root = Path(root)
     height, width, channels = shape
     if channels not in (1, 3):
         raise DataError(f"{root}: images can be read with 1 or 3 channels; the model's input has {channels}")
-    classes = list_classes(root)
+    classes = list_classes(root, classes)
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"image_folder-{cache_key(classes, root, shape)}.npz"
