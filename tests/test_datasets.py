@@ -279,3 +279,19 @@ def test_a_repacked_fashion_mnist_is_accepted_by_its_decoded_arrays(tmp_path):
     assert_ok(res)
     assert "decoded arrays: train 60000 images, t10k 10000 images of 28x28, labels 0..9" in " ".join(res.stdout.split())
     assert datasets.prepare("fashion_mnist")[0] == FASHION.resolve()
+
+
+@pytest.mark.parametrize("row, what", [([1, 1, 0], "has 2 ones (multi-hot)"), ([0, 0, 0], "has no 1"),
+                                       ([0.7, 0.3, 0], "holds values other than 0 and 1")])
+def test_npz_labels_that_are_not_one_hot_are_refused(tmp_path, row, what):
+    from cnncli.data.npz import load_npz
+
+    y = np.eye(3)[[0, 1, 2, 0]]
+    y[2] = row
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2, 2)), y=y)
+    with pytest.raises(DataError) as err:
+        load_npz(tmp_path / "d.npz")
+    assert str(err.value) == (f"{tmp_path / 'd.npz'}: y row 2 {what}; expected one-hot rows (exactly one 1), or (N,) "
+                              "class labels (1 such rows)")
+    np.savez(tmp_path / "ok.npz", x=np.zeros((4, 2, 2)), y=np.eye(3)[[0, 1, 2, 0]])
+    assert load_npz(tmp_path / "ok.npz")[1].tolist() == [0, 1, 2, 0]

@@ -39,7 +39,7 @@ def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> tuple[np.n
     if x.ndim != 4:
         raise DataError(f"{path}: {x_key} has shape {x.shape}; expected (N, H, W) or (N, H, W, C)")
     if y.ndim == 2:
-        y = y.argmax(axis=1)  # one-hot (N, K) -> (N,)
+        y = _one_hot_labels(y, path, y_key)  # one-hot (N, K) -> (N,)
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: {y_key} has shape {y.shape}; expected ({len(x)},) labels or one-hot rows")
     if y.dtype.kind == "f":
@@ -48,3 +48,20 @@ def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> tuple[np.n
     elif y.dtype.kind not in "iub":
         raise DataError(f"{path}: {y_key} has dtype {y.dtype}; expected integer labels")
     return x, y.astype(np.int64)
+
+
+def _one_hot_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """(N, K) rows with exactly one 1 and K-1 zeros -> (N,) class indices; multi-hot,
+    all-zero or soft rows are refused (the arg max would change what they say)."""
+    if y.dtype.kind not in "uifb" or y.size == 0:
+        return y.argmax(axis=1) if y.size else np.zeros(len(y), dtype=np.int64)
+    ones, zeros = (y == 1).sum(axis=1), (y == 0).sum(axis=1)
+    bad = np.flatnonzero((ones != 1) | (ones + zeros != y.shape[1]))
+    if bad.size:
+        row = int(bad[0])
+        what = ("has no 1" if ones[row] == 0 and ones[row] + zeros[row] == y.shape[1] else
+                f"has {int(ones[row])} ones (multi-hot)" if ones[row] + zeros[row] == y.shape[1] else
+                "holds values other than 0 and 1")
+        raise DataError(f"{path}: {key} row {row} {what}; expected one-hot rows (exactly one 1), or (N,) class "
+                        f"labels ({bad.size} such rows)")
+    return y.argmax(axis=1)
