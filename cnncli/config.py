@@ -43,6 +43,7 @@ DATA_COMMON = {
     "normalize": "scale",
     "limit": None,
     "test_path": None,
+    "augment": None,   # training batches only: cnncli.data.augment
 }
 DATA_BY_SOURCE: dict[str, dict[str, Any]] = {
     "synthetic": {"num_samples": 1200, "num_classes": 3, "noise": 0.1},
@@ -220,6 +221,7 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
     out["plugins"] = plugins.resolve(raw.get("plugins"), base_dir)  # before any component is named
     out["data"] = resolve_data(section(raw, "data"), check_paths=check_paths)
     out["model"] = resolve_model(section(raw, "model", required=True))
+    out["data"]["augment"] = resolve_augment(out["data"]["augment"], out["model"]["input_shape"])
     out["train"] = resolve_train(section(raw, "train"))
     out["eval"] = resolve_eval(section(raw, "eval"))
     # Build the network's shapes on the declared input shape (nothing allocated): shape
@@ -324,6 +326,16 @@ def _check_path(out: dict, key: str, check_paths: bool) -> None:
     if check_paths and not Path(absolute).exists():
         raise ConfigError(f"data.{key}", "", None, raw=f"{absolute} does not exist")
     out[key] = absolute
+
+
+def resolve_augment(spec: object, input_shape: list) -> dict:
+    """``data.augment``, checked against the input shape; every key written out."""
+    from cnncli.data.augment import Augmenter
+
+    try:
+        return Augmenter.from_config(spec, input_shape).config()
+    except ConfigError as err:
+        raise err.prefixed("data") from None
 
 
 def resolve_model(raw: dict) -> dict:

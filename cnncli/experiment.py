@@ -24,7 +24,8 @@ import numpy as np
 from cnncli import plugins, runs, yamlfiles
 from cnncli.builder import build
 from cnncli.config import Config, load_config
-from cnncli.data import Dataset, Split, apply_normalization, load_dataset, normalization_of, seeded_rng
+from cnncli.data import (Dataset, Split, apply_normalization, load_dataset, normalization_of, seeded_rng,
+                         undo_normalization)
 from cnncli.errors import CheckpointError, DataError, RunFolderError
 from cnncli.metrics import class_probabilities, confusion_matrix, per_class_scores, predicted_classes
 from cnncli.resources import check_disk
@@ -33,6 +34,7 @@ from cnncli.training import Callback, EpochMetrics, FitResult, TrainState, evalu
 from cnncli.visualize import curves_png
 
 SHUFFLE_STREAM = 3
+AUGMENT_STREAM = 4
 
 
 @dataclass
@@ -244,6 +246,9 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
              callbacks, handle_signals: bool, best_state=None) -> Run:
     values = run.config.values
     run_dir = run.path
+    from cnncli.data.augment import Augmenter
+
+    augment = Augmenter.from_config(values["data"]["augment"], values["model"]["input_shape"])
     writer = RunWriter(run_dir, network, optimizer, values, shuffle_rng, state.history)
     writer.best_state = best_state
     guard = graceful_interrupts() if handle_signals else contextlib.nullcontext(lambda: False)
@@ -253,7 +258,8 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
                          batch_size=values["train"]["batch_size"], shuffle=values["train"]["shuffle"],
                          rng=shuffle_rng, early_stopping=values["train"]["early_stopping"],
                          callbacks=(writer, *callbacks), eval_batch_size=values["eval"]["batch_size"],
-                         on_nan=values["train"].get("on_nan", "stop"), state=state, should_stop=should_stop)
+                         on_nan=values["train"].get("on_nan", "stop"), state=state, should_stop=should_stop,
+                         augment=augment, augment_seed=seeded_rng(values["seed"], AUGMENT_STREAM).integers(2**63))
     except KeyboardInterrupt:
         saved = writer.last_saved or {}
         runs.write_status(run_dir, "interrupted", epoch=state.epoch, step=optimizer.t,
@@ -418,8 +424,9 @@ def gradcheck_batch(config: Config, network, loss, batch: int, seed: int, cache_
 def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkpoint: str = "best"):
     """``cnncli visualize``: kernels.png, feature_maps_layer<i>.png and curves.png in ``out``;
     returns (files written, warnings)."""
+    from cnncli.data.augment import Augmenter
     from cnncli.data.image_folder import load_image
-    from cnncli.visualize import feature_maps_png, kernels_png
+    from cnncli.visualize import augmented_png, feature_maps_png, kernels_png
 
     cfg, network, _, info, _ = load_run(run_dir, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
@@ -434,10 +441,19 @@ def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkp
         except (OSError, ValueError, SyntaxError) as err:
             raise DataError(f"{image}: not a readable image ({err})") from None
         x = apply_normalization(raw[None], normalization_of(info), network.dtype.type)[0]
+        data = None
     else:
         data = load_dataset(cfg.values, cache_dir=run_dir.parent / ".cache")
         x = (data.evaluation or data.train).x[0]
     written += feature_maps_png(network, x, out)
+    augment = Augmenter.from_config(cfg["data"]["augment"], cfg["model"]["input_shape"])
+    if augment.enabled:  # what the network sees while it trains
+        data = data or load_dataset(cfg.values, cache_dir=run_dir.parent / ".cache")
+        examples = data.train.x[:6]
+        rng = np.random.default_rng(0)
+        variants = [undo_normalization(augment(examples, rng), data.normalization) for _ in range(4)]
+        written.append(augmented_png(undo_normalization(examples, data.normalization), variants,
+                                     out / "augmented.png"))
     history = runs.read_metrics(run_dir)
     if history:
         written.append(curves_png(history, out / "curves.png"))

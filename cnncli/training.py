@@ -181,8 +181,13 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
         epochs: int, batch_size: int, shuffle: bool = True, rng: np.random.Generator | None = None,
         early_stopping: dict | None = None, callbacks: tuple[Callback, ...] = (),
         eval_batch_size: int = 256, on_nan: str = "stop", state: TrainState | None = None,
-        should_stop: Callable[[], bool] | None = None) -> FitResult:
-    """Train until ``epochs`` epochs are done (continuing ``state`` if given)."""
+        should_stop: Callable[[], bool] | None = None, augment=None, augment_seed: int = 0) -> FitResult:
+    """Train until ``epochs`` epochs are done (continuing ``state`` if given).
+
+    ``augment`` (a ``cnncli.data.augment.Augmenter``) changes each training batch with a
+    generator made from (``augment_seed``, epoch, batch): the same batch gets the same
+    changes in a resumed run, with no state to save.
+    """
     rng = rng if rng is not None else np.random.default_rng(0)
     state = state if state is not None else TrainState()
     n = len(train)
@@ -214,6 +219,8 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
         for b in range(state.batch, steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = train.x[idx], train.y[idx]
+            if augment is not None and augment.enabled:
+                xb = augment(xb, np.random.default_rng([augment_seed, epoch, b]))
             # A skipped batch must leave no trace: its forward pass updates buffers (batch norm).
             kept = {k: v.copy() for k, v in network.buffers().items()} if on_nan == "skip_batch" else None
             # One engine scope for the whole step (see Network.train_step): BLAS is set to one

@@ -97,6 +97,27 @@ def feature_maps_png(network, image: np.ndarray, out_dir: Path, max_channels: in
     return paths
 
 
+def augmented_png(originals: np.ndarray, variants: list[np.ndarray], path: Path) -> Path:
+    """A grid: each row one training example (N, H, W, C) as stored (left), then the same
+    example as augmentation changes it in each of ``variants`` (arrays like ``originals``);
+    pixel values in [0, 1] (clipped)."""
+    plt = _pyplot()
+    rows, cols = len(originals), 1 + len(variants)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.3 + 0.4), squeeze=False)
+    for r in range(rows):
+        for c, batch in enumerate([originals, *variants]):
+            image = np.clip(batch[r], 0, 1)
+            ax = axes[r][c]
+            ax.axis("off")
+            ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3],
+                      cmap="gray" if image.shape[2] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+            if r == 0:
+                ax.set_title("as stored" if c == 0 else f"augmented {c}", fontsize=7)
+    fig.suptitle("training examples as the network sees them", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def curves_png(history: list[dict], path: Path) -> Path:
     """Loss and accuracy against epoch (rows of metrics.jsonl), training and validation."""
     plt = _pyplot()

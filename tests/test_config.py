@@ -384,7 +384,12 @@ def test_resolved_config_has_every_default():
     v = cfg.values
     assert set(v) == set(SECTIONS)
     assert v["name"] == "run"
-    assert v["data"] == {**DATA_COMMON, **DATA_BY_SOURCE["synthetic"]}
+    from cnncli.data.augment import Augmenter
+
+    assert v["data"] == {**DATA_COMMON, **DATA_BY_SOURCE["synthetic"], "augment": Augmenter.from_config(
+        None, v["model"]["input_shape"]).config()}
+    assert not any(v["data"]["augment"].values()) or all(not x or x == {"padding": 0} or x == {"size": 0}
+                                                         for x in v["data"]["augment"].values())
     assert set(v["train"]) >= set(TRAIN_DEFAULTS)
     for k, default in TRAIN_DEFAULTS.items():
         assert v["train"][k] == default, k

@@ -227,6 +227,17 @@ def apply_normalization(x: np.ndarray, norm: dict, dtype) -> np.ndarray:
     return out
 
 
+def undo_normalization(x: np.ndarray, norm: dict) -> np.ndarray:
+    """Pixels in [0, 1] (for pictures) from normalized ones: the inverse of
+    :func:`apply_normalization` without the division by 255."""
+    out = x.astype(np.float64)
+    if norm.get("mode") == "standardize":
+        out = out * np.asarray(norm["std"]) + np.asarray(norm["mean"])
+    elif norm.get("scale", 1.0) == 1.0 and out.max(initial=0) > 1:  # stored as they were (normalize: none)
+        out = out / 255.0
+    return out
+
+
 def load_dataset(values: dict, cache_dir: str | Path | None = None, outputs: int | None = None) -> Dataset:
     """The dataset of a resolved config (see the module docstring)."""
     data, seed = values["data"], values["seed"]
