@@ -34,7 +34,7 @@ from cnncli.nn.validate import known_keys
 from cnncli.runs import CHECKPOINTS, sanitize_name
 
 SECTIONS = ("name", "seed", "plugins", "data", "model", "loss", "optimizer", "train", "eval")
-DATA_SOURCES = ("synthetic", "image_folder", "npz", "idx", "caltech101", "mnist", "fashion_mnist")
+DATA_SOURCES = ("synthetic", "image_folder", "npz", "idx", "csv", "caltech101", "mnist", "fashion_mnist", "cifar10")
 NORMALIZATIONS = ("scale", "standardize", "none")
 
 # Keys of data, by source; every source also takes the COMMON ones.
@@ -50,13 +50,15 @@ DATA_BY_SOURCE: dict[str, dict[str, Any]] = {
     "image_folder": {"path": None, "on_bad_image": "error", "cache": True},
     "npz": {"path": None, "x_key": "x", "y_key": "y"},
     "idx": {"path": None, "train_prefix": "train", "test_prefix": "t10k", "use_test": True},
+    "csv": {"path": None, "on_bad_image": "error", "cache": True},
     # Datasets by name (cnncli.data.datasets): fetched, verified and cached on first use.
     "caltech101": {"classes": ["Motorbikes", "airplanes"], "on_bad_image": "error", "cache": True},
     "mnist": {"use_test": True},
     "fashion_mnist": {"use_test": True},
+    "cifar10": {"use_test": True},
 }
 #: The sources that read files from data.path.
-PATH_SOURCES = ("image_folder", "npz", "idx")
+PATH_SOURCES = ("image_folder", "npz", "idx", "csv")
 TRAIN_DEFAULTS = {
     "epochs": 10,
     "batch_size": 32,
@@ -300,6 +302,8 @@ def resolve_data(raw: dict, *, check_paths: bool) -> dict:
             _check_path(out, key, check_paths)
         if source == "image_folder" and check_paths and not Path(out["path"]).is_dir():
             raise ConfigError("data.path", "", None, raw=f"{out['path']} is not a folder of class folders")
+        if source == "csv" and check_paths and not Path(out["path"]).is_file():
+            raise ConfigError("data.path", "", None, raw=f"{out['path']} is not a CSV file of path,label rows")
     else:
         _check_path(out, "test_path", check_paths)
     if "classes" in out:

@@ -295,3 +295,64 @@ def test_npz_labels_that_are_not_one_hot_are_refused(tmp_path, row, what):
                               "class labels (1 such rows)")
     np.savez(tmp_path / "ok.npz", x=np.zeros((4, 2, 2)), y=np.eye(3)[[0, 1, 2, 0]])
     assert load_npz(tmp_path / "ok.npz")[1].tolist() == [0, 1, 2, 0]
+
+
+def cifar_archive(records_per_batch: int = 4) -> bytes:
+    """cifar-10-binary.tar.gz as published, with a few records per batch."""
+    rng = np.random.default_rng(1)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        def add(name, data):
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+            labels = np.arange(records_per_batch, dtype=np.uint8) % 10
+            pixels = rng.integers(0, 256, (records_per_batch, 3072), dtype=np.uint8)
+            add(name, np.concatenate([labels[:, None], pixels], axis=1).tobytes())
+        add("batches.meta.txt", "\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                           "ship", "truck"]).encode() + b"\n\n")
+    return out.getvalue()
+
+
+def test_cifar10_by_name_from_its_binary_archive(tmp_path, monkeypatch):
+    archive = cifar_archive()
+    real = datasets.DATASETS["cifar10"]
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(
+        real, files=(dataclasses.replace(real.files[0], md5=md5(archive)),), counts={"train": 20, "test": 4}))
+    (tmp_path / "mirror" / "cifar10").mkdir(parents=True)
+    (tmp_path / "mirror" / "cifar10" / "cifar-10-binary.tar.gz").write_bytes(archive)
+    with Mirror(tmp_path / "mirror") as mirror:
+        monkeypatch.setenv("CNNCLI_DATA_MIRROR", mirror.url)
+        cfg = {"name": "c10", "seed": 0, "data": {"source": "cifar10"},
+               "model": {"input_shape": [32, 32, 3], "layers": [
+                   {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]},
+               "train": {"epochs": 1, "validation_split": 0.0}}
+        run = cnncli.train(cfg, runs_dir=tmp_path / "runs")
+    data = json.loads((run.path / "data.json").read_text())
+    assert data["class_names"][:2] == ["airplane", "automobile"] and data["train"] == 20 and data["test"] == 4
+    assert "Krizhevsky" in data["dataset"]["citation"]
+
+
+def test_a_csv_of_paths_and_labels(tmp_path):
+    for i, colour in enumerate(["red", "blue"] * 6):
+        Image.new("RGB", (6, 6), (200, 20, 20) if colour == "red" else (20, 20, 200)).save(tmp_path / f"{i}.png")
+    rows = [f"{i}.png,{colour}" for i, colour in enumerate(["red", "blue"] * 6)]
+    (tmp_path / "train.csv").write_text("path,label\n" + "\n".join(rows[:10]) + "\n")
+    (tmp_path / "test.csv").write_text("\n".join(rows[10:]) + "\n")
+    import yaml
+
+    cfg = {"name": "csv", "seed": 0, "data": {"source": "csv", "path": "train.csv", "test_path": "test.csv"},
+           "model": {"input_shape": [4, 4, 3], "layers": [{"type": "flatten"},
+                                                          {"type": "dense", "units": 2, "activation": "softmax"}]},
+           "train": {"epochs": 1, "validation_split": 0.0}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = invoke("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs", "-q")  # paths relative to the config
+    assert_ok(res)
+    run = next(p for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
+    data = json.loads((run / "data.json").read_text())
+    assert data["class_names"] == ["blue", "red"] and data["train"] == 10 and data["test"] == 2
+    (tmp_path / "test.csv").write_text("10.png,red\n11.png,green\n")
+    assert_user_error(invoke("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs"),
+                      "test.csv: labels ['green', 'red'] differ from the training CSV's ['blue', 'red']")

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from cnncli.cli.common import console, say, table, user_errors
 
-app = typer.Typer(help="Datasets by name: fetched, verified and cached (caltech101, mnist, fashion_mnist).",
+app = typer.Typer(help="Datasets by name: fetched, verified and cached (caltech101, mnist, fashion_mnist, cifar10).",
                   no_args_is_help=True)
 
 
@@ -54,7 +54,7 @@ def list_() -> None:
 
 @app.command()
 @user_errors
-def fetch(name: str = typer.Argument(..., help="caltech101, mnist or fashion_mnist.")) -> None:
+def fetch(name: str = typer.Argument(..., help="caltech101, mnist, fashion_mnist or cifar10.")) -> None:
     """Download, verify (the publisher's MD5) and unpack a dataset into the cache."""
     from cnncli.data import datasets
 
@@ -64,7 +64,7 @@ def fetch(name: str = typer.Argument(..., help="caltech101, mnist or fashion_mni
 
 @app.command()
 @user_errors
-def info(name: str = typer.Argument(..., help="caltech101, mnist or fashion_mnist.")) -> None:
+def info(name: str = typer.Argument(..., help="caltech101, mnist, fashion_mnist or cifar10.")) -> None:
     """What a dataset is: files, counts, licence, citation."""
     from cnncli.data import datasets
 
@@ -82,7 +82,7 @@ def info(name: str = typer.Argument(..., help="caltech101, mnist or fashion_mnis
 
 @app.command()
 @user_errors
-def add(name: str = typer.Argument(..., help="caltech101, mnist or fashion_mnist."),
+def add(name: str = typer.Argument(..., help="caltech101, mnist, fashion_mnist or cifar10."),
         path: Path = typer.Argument(..., help="An official file, or the unpacked data (a folder).")) -> None:
     """Register a copy on disk, for a machine without internet (checked before use)."""
     from cnncli.data import datasets

@@ -133,6 +133,30 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
                                    cache_dir=cache_dir if data["cache"] else None, classes=data["classes"])
         x, y, names = loaded.x, loaded.y, loaded.class_names
         info.update(skipped=loaded.skipped, cached=loaded.cached, dataset=_dataset_record(source, checked))
+    elif source == "cifar10":
+        from cnncli.data import datasets
+        from cnncli.data.cifar import load_cifar10
+
+        root, checked = datasets.prepare(source)
+        x, y, x_test, y_test, names = load_cifar10(root, use_test=data["use_test"])
+        info["dataset"] = _dataset_record(source, checked)
+    elif source == "csv":
+        from cnncli.data.csv_images import load_csv_images
+
+        if len(input_shape) != 3:
+            raise DataError(f"csv needs input_shape [H, W, C]; got {list(input_shape)}")
+        read = lambda path: load_csv_images(path, tuple(input_shape), on_bad_image=data["on_bad_image"],  # noqa: E731
+                                            cache_dir=cache_dir if data["cache"] else None)
+        loaded = read(data["path"])
+        x, y, names = loaded.x, loaded.y, loaded.class_names
+        info.update(skipped=loaded.skipped, cached=loaded.cached)
+        if data["test_path"]:
+            test = read(data["test_path"])
+            if test.class_names != names:
+                raise DataError(f"{data['test_path']}: labels {test.class_names} differ from the training CSV's "
+                                f"{names}")
+            x_test, y_test = test.x, test.y
+            info["skipped"] = loaded.skipped + test.skipped
     elif source in ("mnist", "fashion_mnist"):
         from cnncli.data import datasets
         from cnncli.data.idx import load_idx_pair

@@ -59,7 +59,7 @@ class Dataset:
     files: tuple[RemoteFile, ...]
     license: str
     citation: str
-    #: How its files are read: "image_folder" (class folders of images) or "idx".
+    #: How its files are read: "image_folder" (class folders of images), "idx" or "cifar10" (binary batches).
     layout: str
     #: Examples the publisher promises: {split: count}, or per class for Caltech-101.
     counts: dict = field(default_factory=dict)
@@ -102,6 +102,15 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         "H. Xiao, K. Rasul and R. Vollgraf, Fashion-MNIST: a novel image dataset for benchmarking machine learning "
         "algorithms, arXiv:1708.07747, 2017.",
         "idx", counts={"train": 60000, "t10k": 10000}, image_shape=(28, 28), num_classes=10),
+    Dataset(
+        "cifar10", "CIFAR-10: 32x32 colour images of 10 classes, 50,000 training and 10,000 test images",
+        (RemoteFile("cifar-10-binary.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+                    "c32a1d4ab5d03f1284b67883e8d87530"),),
+        "the terms of its publisher, Alex Krizhevsky (cite the report below)",
+        "A. Krizhevsky, Learning Multiple Layers of Features from Tiny Images, technical report, University of "
+        "Toronto, 2009.",
+        "cifar10", counts={"train": 50000, "test": 10000}, image_shape=(32, 32, 3), num_classes=10,
+        image_root="cifar-10-batches-bin"),
 )}
 
 
@@ -217,6 +226,13 @@ def _unpack(dataset: Dataset) -> Path:
     staging.mkdir(parents=True)
     try:
         archive = target / dataset.files[0].name
+        if dataset.layout == "cifar10":
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(staging, filter="data")  # refuses absolute paths, .., links outside, devices
+            final = target / dataset.image_root
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging / dataset.image_root, final)
+            return final
         with zipfile.ZipFile(archive) as zf:
             inner = [m for m in zf.namelist() if m.endswith("101_ObjectCategories.tar.gz")]
             if not inner:
@@ -254,6 +270,8 @@ def add_local(name: str, path: str | Path) -> dict:
         return _add_official_file(dataset, path)
     if dataset.layout == "image_folder":
         return _add_image_folder(dataset, path)
+    if dataset.layout == "cifar10":
+        return _add_cifar_folder(dataset, path)
     return _add_idx_folder(dataset, path)
 
 
@@ -325,6 +343,21 @@ def _add_idx_folder(dataset: Dataset, path: Path) -> dict:
             "check": "decoded arrays: " + ", ".join(f"{p} {n} images" for p, n in dataset.counts.items())
                      + f" of {'x'.join(map(str, dataset.image_shape))}, labels 0..{dataset.num_classes - 1} "
                      "(the file bytes were not compared with the official ones)"}
+    _write_manifest(dataset, info)
+    return info
+
+
+def _add_cifar_folder(dataset: Dataset, path: Path) -> dict:
+    """``cifar-10-batches-bin`` (or a folder holding it): 50,000 + 10,000 records, labels 0..9."""
+    from cnncli.data.cifar import find_folder, load_cifar10
+
+    x, y, x_test, y_test, _ = load_cifar10(path)
+    if (len(x), len(x_test)) != (dataset.counts["train"], dataset.counts["test"]) or len(np.unique(y)) != 10:
+        raise DataError(f"{path}: {len(x)} + {len(x_test)} images; {dataset.name} has {dataset.counts['train']} + "
+                        f"{dataset.counts['test']} of 10 classes; not added")
+    info = {"ready": True, "root": str(find_folder(path).resolve()),
+            "check": "decoded batches: 50000 training and 10000 test records, labels 0..9 (the archive's bytes "
+                     "were not compared with the official ones)"}
     _write_manifest(dataset, info)
     return info
 
