@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnncli.config import Config, build_network, load_config
+from cnncli.config import Config, build_network, load_config, loss_keywords
 from cnncli.errors import ConfigError
 from cnncli.nn.losses import Loss, make_loss
 from cnncli.nn.network import Network
@@ -34,7 +34,7 @@ def build(config: Config | dict | str) -> Built:
     values = config.values
     try:
         network = build_network(values)
-        loss = make_loss(values["loss"], "loss")
+        loss = make_loss(loss_keywords(values["loss"]), "loss")
         optimizer = make_optimizer(values["optimizer"], "optimizer")
     except ConfigError as err:
         raise err.in_file(config.source) if config.source and not err.source else err

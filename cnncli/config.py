@@ -230,7 +230,7 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
     # errors surface now, and a run too large for this machine is refused before it starts.
     network = build_network(out, allocate=False)
     loss, optimizer = resolve_objective(raw, network)
-    out["loss"], out["optimizer"] = loss.config(), optimizer.config()
+    out["loss"], out["optimizer"] = {**loss.config(), "class_weight": loss.class_weight}, optimizer.config()
     # Components registered from an importable module without plugins: a run keeps them too.
     out["plugins"] = out["plugins"] + plugins.implicit(out, out["plugins"])
     if check_memory:
@@ -410,6 +410,10 @@ def resolve_objective(raw: dict, network):
     from cnncli.nn.optimizers import make_optimizer
 
     loss_spec = raw.get("loss")
+    class_weight = None
+    if isinstance(loss_spec, dict) and "class_weight" in loss_spec:  # the training loop's, not the loss's
+        loss_spec = dict(loss_spec)
+        class_weight = resolve_class_weight(loss_spec.pop("class_weight"))
     loss = make_loss(default_loss(network) if loss_spec is None else loss_spec, "loss")
     try:
         network.check_loss(loss)
@@ -418,7 +422,28 @@ def resolve_objective(raw: dict, network):
     opt_spec = raw.get("optimizer", {"name": "adam"})
     if isinstance(opt_spec, dict) and "name" not in opt_spec:
         opt_spec = {"name": "adam", **opt_spec}
+    loss.class_weight = class_weight
     return loss, make_optimizer(opt_spec, "optimizer")
+
+
+def resolve_class_weight(value: object):
+    """``balanced`` (n / (classes x n_c) of the training split, as scikit-learn), or
+    ``{class name or index: weight > 0}`` (unnamed classes weigh 1), or null."""
+    expected = "balanced, or a mapping of class names (or indices) to weights > 0"
+    if value is None or value == "balanced":
+        return value
+    if not isinstance(value, dict) or not value:
+        raise ConfigError("loss.class_weight", expected, value)
+    for key, weight in value.items():
+        if not isinstance(key, (str, int)) or isinstance(key, bool):
+            raise ConfigError("loss.class_weight", expected, value)
+        validate.number(f"loss.class_weight.{key}", weight, low=0.0, low_open=True)
+    return {key: float(weight) for key, weight in value.items()}
+
+
+def loss_keywords(loss: dict) -> dict:
+    """The resolved loss section without what the training loop takes (class_weight)."""
+    return {k: v for k, v in loss.items() if k != "class_weight"}
 
 
 def resolve_eval(raw: dict) -> dict:

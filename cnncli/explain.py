@@ -16,6 +16,7 @@ zero-based indices over NHWC arrays.
 
 from __future__ import annotations
 
+from cnncli.config import loss_keywords
 from cnncli.nn.describe import Equation, Explanation
 from cnncli.nn.losses import make_loss
 from cnncli.nn.optimizers import make_optimizer
@@ -26,7 +27,7 @@ def explain(config, network, layer: int | None = None) -> list[Explanation]:
     """Sections for every layer (or only ``layer``), the loss and the optimizer."""
     values = config.values if hasattr(config, "values") else config
     batch = values["train"]["batch_size"]
-    loss = make_loss(values["loss"])
+    loss = make_loss(loss_keywords(values["loss"]))
     fused = network.uses_logits(loss)
     last = len(network.layers) - 1
     sections = []

@@ -181,12 +181,14 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
         epochs: int, batch_size: int, shuffle: bool = True, rng: np.random.Generator | None = None,
         early_stopping: dict | None = None, callbacks: tuple[Callback, ...] = (),
         eval_batch_size: int = 256, on_nan: str = "stop", state: TrainState | None = None,
-        should_stop: Callable[[], bool] | None = None, augment=None, augment_seed: int = 0) -> FitResult:
+        should_stop: Callable[[], bool] | None = None, augment=None, augment_seed: int = 0,
+        class_weights: np.ndarray | None = None) -> FitResult:
     """Train until ``epochs`` epochs are done (continuing ``state`` if given).
 
     ``augment`` (a ``cnncli.data.augment.Augmenter``) changes each training batch with a
     generator made from (``augment_seed``, epoch, batch): the same batch gets the same
-    changes in a resumed run, with no state to save.
+    changes in a resumed run, with no state to save. ``class_weights`` (one per class)
+    weight each training example's loss by its class (validation is not weighted).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     state = state if state is not None else TrainState()
@@ -226,7 +228,9 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
             # One engine scope for the whole step (see Network.train_step): BLAS is set to one
             # thread at most once per step, not once per phase.
             with parallel.engine():
-                value, out = network.loss_and_gradients(xb, targets_for(network, yb, loss), loss)
+                weights = class_weights[yb] if class_weights is not None else None
+                value, out = network.loss_and_gradients(xb, targets_for(network, yb, loss), loss,
+                                                        sample_weight=weights)
                 if _apply_update(network, optimizer, value, on_nan):
                     state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
                     state.correct += int(np.sum(predicted_classes(out) == yb))

@@ -109,3 +109,42 @@ def test_from_logits_is_checked_like_any_key():
         make_loss({"name": "binary_crossentropy", "from_logits": "yes please"})
     with pytest.raises(ConfigError, match="unknown key for loss 'mse'"):
         make_loss({"name": "mse", "from_logits": True})
+
+
+@pytest.mark.parametrize("name", ["mse", "binary_crossentropy", "categorical_crossentropy", "huber"])
+def test_sample_weights_weight_each_examples_loss_and_gradient(name):
+    rng = np.random.default_rng(3)
+    classes = 1 if name == "binary_crossentropy" else 3
+    y_pred = rng.random((6, classes)) * 0.8 + 0.1
+    y_pred = y_pred / y_pred.sum(axis=1, keepdims=True) if name == "categorical_crossentropy" else y_pred
+    labels = rng.integers(0, max(classes, 2), 6)
+    y = labels if name == "categorical_crossentropy" else (labels[:, None].astype(float) if classes == 1
+                                                            else np.eye(3)[labels])
+    w = np.array([1.0, 2.0, 0.5, 2.0, 1.0, 3.0])
+    summed, loss = make_loss({"name": name, "reduction": "sum"}), make_loss(name)
+    per_example = [summed.value_and_grad(y_pred[i:i + 1], y[i:i + 1])[0] for i in range(6)]  # each example's sum
+    assert summed.value_and_grad(y_pred, y, sample_weight=w)[0] == pytest.approx(float(np.dot(w, per_example)),
+                                                                                  rel=1e-12)
+    value, grad = loss.value_and_grad(y_pred, y, sample_weight=w)
+    assert value == pytest.approx(float(np.dot(w, per_example)) * loss.scale(y_pred), rel=1e-12)  # the mean
+    numeric = numerical_gradient(lambda: loss.value_and_grad(y_pred, y, sample_weight=w)[0], y_pred)
+    assert relative_error(grad, numeric) < 1e-7
+    ones = loss.value_and_grad(y_pred, y, sample_weight=np.ones(6))
+    np.testing.assert_allclose(ones[1], loss.value_and_grad(y_pred, y)[1], rtol=1e-15)
+
+
+def test_class_weight_in_a_run(tmp_path):
+    cfg = {**TINY, "loss": {"name": "categorical_crossentropy", "class_weight": {"1": 3.0}}}
+    with pytest.raises(Exception) as err:
+        cnncli.train(cfg, runs_dir=tmp_path / "runs")
+    assert "loss.class_weight: no class '1'" in str(err.value) and not (tmp_path / "runs").exists()
+    cfg["loss"]["class_weight"] = {1: 3.0}
+    run = cnncli.train(cfg, runs_dir=tmp_path / "runs")
+    import json
+
+    assert json.loads((run.path / "data.json").read_text())["class_weights"] == [1.0, 3.0]
+    with pytest.raises(ConfigError, match="loss.class_weight.1: expected a number > 0; got 0"):
+        load_config({**TINY, "loss": {"name": "mse", "class_weight": {1: 0}}})
+    from cnncli.data import class_weights
+
+    np.testing.assert_allclose(class_weights("balanced", np.array([0, 0, 0, 1]), ["a", "b"]), [4 / 6, 2.0])

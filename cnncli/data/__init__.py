@@ -251,6 +251,30 @@ def apply_normalization(x: np.ndarray, norm: dict, dtype) -> np.ndarray:
     return out
 
 
+def class_weights(spec, labels: np.ndarray, class_names: list[str]) -> np.ndarray | None:
+    """Weights per class index from ``loss.class_weight``: ``balanced`` gives
+    n / (classes x n_c) over ``labels`` (the training split; scikit-learn's rule), a
+    mapping names classes (or their indices) and leaves the others at 1."""
+    if spec is None:
+        return None
+    k = len(class_names)
+    if spec == "balanced":
+        counts = np.bincount(labels, minlength=k)[:k]
+        return np.where(counts > 0, len(labels) / (k * np.maximum(counts, 1)), 1.0)
+    weights = np.ones(k)
+    for key, weight in spec.items():
+        if isinstance(key, str) and key in class_names:
+            weights[class_names.index(key)] = weight
+        elif isinstance(key, int) and 0 <= key < k:
+            weights[key] = weight
+        else:
+            from cnncli.nn.validate import did_you_mean
+
+            raise DataError(f"loss.class_weight: no class {key!r}{did_you_mean(str(key), class_names)}; the classes are "
+                            f"{', '.join(class_names)} (or their indices 0..{k - 1})")
+    return weights
+
+
 def undo_normalization(x: np.ndarray, norm: dict) -> np.ndarray:
     """Pixels in [0, 1] (for pictures) from normalized ones: the inverse of
     :func:`apply_normalization` without the division by 255."""

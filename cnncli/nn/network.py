@@ -152,16 +152,17 @@ class Network:
         return loss.probabilities(out) if loss is not None else out
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, loss: Loss, *, training: bool = True,
-                           input_grad: bool = False):
+                           input_grad: bool = False, sample_weight: np.ndarray | None = None):
         """One forward and backward pass: returns (loss value, predictions[, dL/dx]).
 
         Sigmoid + binary cross-entropy and softmax + categorical cross-entropy (or KL)
-        are differentiated through the fused pair, from the logits.
+        are differentiated through the fused pair, from the logits. ``sample_weight``
+        (N,) weights each example's loss (``Loss.value_and_grad``).
         """
         fused = self.uses_logits(loss)
         with parallel.engine():  # one scope: forward and backward share BLAS's setting
             out = self.forward(x, training, logits=fused)
-            value, dout = loss.value_and_grad(out, y, from_logits=fused)
+            value, dout = loss.value_and_grad(out, y, from_logits=fused, sample_weight=sample_weight)
             dx = self.backward(dout, logits=fused, input_grad=input_grad)
         out = self.predictions(out, loss, fused)
         return (value, out, dx) if input_grad else (value, out)

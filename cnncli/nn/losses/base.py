@@ -56,17 +56,32 @@ class Loss(Component):
     def __call__(self, y_pred, y_true, from_logits: bool = False) -> float:
         return self.value_and_grad(y_pred, y_true, from_logits=from_logits)[0]
 
-    def value_and_grad(self, y_pred: np.ndarray, y_true: np.ndarray, *, from_logits: bool = False):
-        """(loss, dE/dy_pred) after the reduction; ``from_logits``: ``y_pred`` is ``z``."""
+    def value_and_grad(self, y_pred: np.ndarray, y_true: np.ndarray, *, from_logits: bool = False,
+                       sample_weight: np.ndarray | None = None):
+        """(loss, dE/dy_pred) after the reduction; ``from_logits``: ``y_pred`` is ``z``.
+
+        ``sample_weight`` (N,) multiplies each example's share of the loss and of the
+        gradient (class weights); the reduction still divides by the number of values, as
+        Keras does. Examples of equal weight are summed together (one call each)."""
         if from_logits and self.fused_activation is None:
             raise ValueError(f"{self.name} has no fused output activation")
         y = self.targets(y_true, y_pred)
-        if from_logits:
-            total, grad = self.sum_and_gradient(y_pred, y, from_logits=True)
+        if sample_weight is None:
+            total, grad = self._sum(y_pred, y, from_logits)
         else:
-            total, grad = self.sum_and_gradient(y_pred, y)
+            total, grad = 0.0, np.empty_like(y_pred)
+            for weight in np.unique(sample_weight):
+                rows = sample_weight == weight  # (N,)
+                part, part_grad = self._sum(y_pred[rows], y[rows], from_logits)
+                total += float(weight) * float(part)
+                grad[rows] = np.asarray(part_grad, dtype=y_pred.dtype) * y_pred.dtype.type(weight)
         scale = self.scale(y_pred)
         return float(total) * scale, np.asarray(grad, dtype=y_pred.dtype) * y_pred.dtype.type(scale)
+
+    def _sum(self, y_pred, y, from_logits):
+        if from_logits:
+            return self.sum_and_gradient(y_pred, y, from_logits=True)
+        return self.sum_and_gradient(y_pred, y)
 
     @placeholder
     def sum_and_gradient(self, y_pred: np.ndarray, y: np.ndarray, from_logits: bool = False):
@@ -166,8 +181,9 @@ class LogitsLoss(Loss):
         return {"name": self.name, **self.init_arguments(), "reduction": self.reduction,
                 "from_logits": self.from_logits}
 
-    def value_and_grad(self, y_pred, y_true, *, from_logits=False):
-        return super().value_and_grad(y_pred, y_true, from_logits=from_logits or self.from_logits)
+    def value_and_grad(self, y_pred, y_true, *, from_logits=False, sample_weight=None):
+        return super().value_and_grad(y_pred, y_true, from_logits=from_logits or self.from_logits,
+                                      sample_weight=sample_weight)
 
     def check_output(self, activation, output_shape):
         if self.from_logits and activation.name != "linear":
