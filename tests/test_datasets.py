@@ -356,3 +356,11 @@ def test_a_csv_of_paths_and_labels(tmp_path):
     (tmp_path / "test.csv").write_text("10.png,red\n11.png,green\n")
     assert_user_error(invoke("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs"),
                       "test.csv: labels ['green', 'red'] differ from the training CSV's ['blue', 'red']")
+
+
+def test_data_info_names_the_classes_once_ready(small_mnist):
+    assert "classes" not in invoke("data", "info", "mnist").stdout
+    assert_ok(invoke("data", "fetch", "mnist"))
+    res = invoke("data", "info", "mnist")
+    assert_ok(res)
+    assert "classes (10): 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in res.stdout and "licence:" in res.stdout

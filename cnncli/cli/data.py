@@ -78,6 +78,9 @@ def info(name: str = typer.Argument(..., help="caltech101, mnist, fashion_mnist 
         say(f"file: {f.name}  md5 {f.md5}  {f.url}")
     s = datasets.status(name)
     say(f"cache: {'ready in ' + s['where'] if s['ready'] else 'not fetched (cnncli data fetch ' + name + ')'}")
+    names = datasets.classes(name)
+    if names is not None:
+        say(f"classes ({len(names)}): {', '.join(names)}")
 
 
 @app.command()

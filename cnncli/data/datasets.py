@@ -362,6 +362,22 @@ def _add_cifar_folder(dataset: Dataset, path: Path) -> dict:
     return info
 
 
+def classes(name: str) -> list[str] | None:
+    """The class names of a dataset that is ready (None before it is fetched)."""
+    dataset = get(name)
+    info = manifest(dataset)
+    if not info.get("ready"):
+        return None
+    root = Path(info["root"])
+    if dataset.layout == "image_folder":
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if dataset.layout == "cifar10":
+        from cnncli.data.cifar import META_FILE, find_folder, read_class_names
+
+        return read_class_names(find_folder(root) / META_FILE)
+    return [str(i) for i in range(dataset.num_classes)]
+
+
 def status(name: str) -> dict:
     """For ``cnncli data list``: whether it is ready, where, and its size on disk."""
     dataset = get(name)
