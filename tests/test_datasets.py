@@ -364,3 +364,15 @@ def test_data_info_names_the_classes_once_ready(small_mnist):
     res = invoke("data", "info", "mnist")
     assert_ok(res)
     assert "classes (10): 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in res.stdout and "licence:" in res.stdout
+
+
+def test_train_says_it_fetches_a_dataset_the_first_time(small_mnist, tmp_path):
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(MNIST_CONFIG))
+    first = invoke("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs", "-q")
+    assert_ok(first)
+    assert "mnist: not in the cache" in first.stdout and "fetching it once" in first.stdout
+    again = invoke("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs", "-q")
+    assert_ok(again)
+    assert "not in the cache" not in again.stdout
