@@ -37,16 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from cnncli.data.augment import Augmenter, _pad  # noqa: E402
 from cnncli.nn import Network, make_loss, make_optimizer, threads  # noqa: E402
 
-INPUT_SHAPE = (28, 28, 3)
-FIGURE2 = [
-    {"type": "conv2d", "filters": 64, "kernel_size": 5, "activation": "tanh"},
-    {"type": "max_pool2d", "pool_size": 2},
-    {"type": "conv2d", "filters": 128, "kernel_size": 5, "activation": "tanh"},
-    {"type": "max_pool2d", "pool_size": 2},
-    {"type": "flatten"},
-    {"type": "dense", "units": 500, "activation": "tanh"},
-    {"type": "dense", "units": 1, "activation": "sigmoid"},
-]
+from train_step import ARCHITECTURE as FIGURE2, INPUT_SHAPE  # noqa: E402  (the same network as that benchmark)
+
 CONFIG_A = {"flip_horizontal": True, "random_crop": {"padding": 4}}
 CONFIG_B = {"flip_horizontal": True, "flip_vertical": True, "random_crop": {"padding": 4}, "translate": 3,
             "rotate": 15, "brightness": 0.2, "contrast": 0.3, "cutout": {"size": 8}}

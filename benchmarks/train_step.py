@@ -724,7 +724,7 @@ def main(argv=None) -> int:
         os.environ[var] = str(args.threads)
     args.engine = os.path.abspath(args.engine)
     if not os.path.isdir(os.path.join(args.engine, "cnncli", "nn")):
-        p.error(f"--engine {args.engine}: no cnncli/nn there")
+        raise SystemExit(f"train_step.py: --engine {args.engine}: no cnncli/nn there")
     sys.path.insert(0, args.engine)  # before anything imports cnncli
     if args.worker:
         worker_main(args.worker, args.threads, args.max_load)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.data.image_folder import FolderImages, _write_cache, cache_key, load_image
+from cnncli.data.image_folder import FolderImages, _write_cache, cache_key, load_image, read_cache
 from cnncli.errors import DataError
 
 HEADER = ["path", "label"]
@@ -119,14 +119,9 @@ def load_csv_images(csv_path: str | Path, shape: tuple[int, int, int], *, on_bad
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"csv_images-{csv_cache_key(raw, rows, csv_path, shape)}.npz"
-        if cache_file.is_file():
-            try:
-                with np.load(cache_file, allow_pickle=False) as c:
-                    if str(c["on_bad_image"]) == on_bad_image:
-                        return FolderImages(c["x"], c["y"], [str(s) for s in c["class_names"]],
-                                            [str(s) for s in c["skipped"]], cached=True)
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged cache is rebuilt
+        cached = read_cache(cache_file, on_bad_image)
+        if cached is not None:
+            return cached
     index = {name: i for i, name in enumerate(names)}
     images, labels, skipped = [], [], []
     for line, path, label in rows:

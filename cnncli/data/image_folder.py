@@ -105,14 +105,9 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_i
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"image_folder-{cache_key(classes, root, shape)}.npz"
-        if cache_file.is_file():
-            try:
-                with np.load(cache_file, allow_pickle=False) as c:
-                    if str(c["on_bad_image"]) == on_bad_image:
-                        return FolderImages(c["x"], c["y"], [str(s) for s in c["class_names"]],
-                                            [str(s) for s in c["skipped"]], cached=True)
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged cache is rebuilt
+        cached = read_cache(cache_file, on_bad_image)
+        if cached is not None:
+            return cached
     images, labels, skipped = [], [], []
     for label, (_, files) in enumerate(classes):
         for f in files:
@@ -132,6 +127,21 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_i
     if cache_file is not None:
         _write_cache(cache_file, result, on_bad_image)
     return result
+
+
+def read_cache(path: Path, on_bad_image: str) -> FolderImages | None:
+    """The decoded images cached in ``path`` for the same ``on_bad_image``, or None (a
+    missing or damaged cache is simply rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as c:
+            if str(c["on_bad_image"]) == on_bad_image:
+                return FolderImages(c["x"], c["y"], [str(s) for s in c["class_names"]],
+                                    [str(s) for s in c["skipped"]], cached=True)
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
 
 
 def _write_cache(path: Path, data: FolderImages, on_bad_image: str) -> None:

@@ -144,7 +144,7 @@ class Loss(Component):
         if forms is None:
             sec.notes += docstring_notes(self)
             forms = (f"E = {s}sum {self.name}(yhat, y)", rf"E = {s_tex}\sum \mathrm{{{self.name}}}(\hat y, y)",
-                     f"dE/dyhat = {s}{self.name}'(yhat, y)", rf"\partial E/\partial \hat y")
+                     f"dE/dyhat = {s}{self.name}'(yhat, y)", r"\partial E/\partial \hat y")
         sec.forward.append(Equation(forms[0], forms[1], f"yhat: {shape}"))
         if fused or self.from_logits:
             act = fused or self.fused_activation
