@@ -29,9 +29,8 @@ import io
 import unicodedata
 from pathlib import Path
 
-import numpy as np
 
-from cnncli.data.image_folder import FolderImages, _write_cache, cache_key, load_image, read_cache
+from cnncli.data.image_folder import FolderImages, cache_key, decode, read_cache
 from cnncli.errors import DataError
 
 HEADER = ["path", "label"]
@@ -101,9 +100,8 @@ def load_csv_images(csv_path: str | Path, shape: tuple[int, int, int], *, on_bad
                     cache_dir: str | Path | None = None) -> FolderImages:
     """Decode every image the CSV file lists to uint8 ``shape`` = (H, W, C)."""
     csv_path = Path(csv_path)
-    height, width, channels = shape
-    if channels not in (1, 3):
-        raise DataError(f"{csv_path}: images can be read with 1 or 3 channels; the model's input has {channels}")
+    if shape[2] not in (1, 3):
+        raise DataError(f"{csv_path}: images can be read with 1 or 3 channels; the model's input has {shape[2]}")
     if on_bad_image not in ("error", "skip"):
         raise DataError(f"{csv_path}: on_bad_image is {on_bad_image!r}; expected error or skip")
     try:
@@ -123,20 +121,5 @@ def load_csv_images(csv_path: str | Path, shape: tuple[int, int, int], *, on_bad
         if cached is not None:
             return cached
     index = {name: i for i, name in enumerate(names)}
-    images, labels, skipped = [], [], []
-    for line, path, label in rows:
-        try:
-            images.append(load_image(path, height, width, channels))
-        except Exception as err:  # any failure to decode a file (Pillow raises many kinds)
-            if on_bad_image == "error":
-                raise DataError(f"{csv_path}:{line}: {path}: not a readable image ({err}); "
-                                "set data.on_bad_image: skip to leave such files out") from None
-            skipped.append(str(path))
-            continue
-        labels.append(index[label])
-    if not images:
-        raise DataError(f"{csv_path}: no readable images")
-    result = FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), names, skipped)
-    if cache_file is not None:
-        _write_cache(cache_file, result, on_bad_image)
-    return result
+    items = [(path, index[label], f"{csv_path}:{line}: {path}") for line, path, label in rows]
+    return decode(items, shape, names, on_bad_image, cache_file, where=str(csv_path))

@@ -98,9 +98,8 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_i
     """Decode every image under ``root`` (of the class folders ``classes``, default all)
     to uint8 ``shape`` = (H, W, C)."""
     root = Path(root)
-    height, width, channels = shape
-    if channels not in (1, 3):
-        raise DataError(f"{root}: images can be read with 1 or 3 channels; the model's input has {channels}")
+    if shape[2] not in (1, 3):
+        raise DataError(f"{root}: images can be read with 1 or 3 channels; the model's input has {shape[2]}")
     classes = list_classes(root, classes)
     cache_file = None
     if cache_dir is not None:
@@ -108,21 +107,29 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_i
         cached = read_cache(cache_file, on_bad_image)
         if cached is not None:
             return cached
-    images, labels, skipped = [], [], []
-    for label, (_, files) in enumerate(classes):
-        for f in files:
-            try:
-                images.append(load_image(f, height, width, channels))
-            except Exception as err:  # any failure to decode a file (Pillow raises many kinds)
-                if on_bad_image == "error":
-                    raise DataError(f"{f}: not a readable image ({err}); "
-                                    "set data.on_bad_image: skip to leave such files out") from None
-                skipped.append(str(f))
-                continue
-            labels.append(label)
+    items = [(f, label, str(f)) for label, (_, files) in enumerate(classes) for f in files]
     names = [name for name, _ in classes]
+    return decode(items, shape, names, on_bad_image, cache_file, where=str(root))
+
+
+def decode(items: list[tuple[Path, int, str]], shape: tuple[int, int, int], names: list[str], on_bad_image: str,
+           cache_file: Path | None, where: str) -> FolderImages:
+    """Decode (file, label, how to name it in an error) items into FolderImages, leaving
+    out unreadable files with ``on_bad_image: skip``, and write the cache."""
+    height, width, channels = shape
+    images, labels, skipped = [], [], []
+    for path, label, shown in items:
+        try:
+            images.append(load_image(path, height, width, channels))
+        except Exception as err:  # any failure to decode a file (Pillow raises many kinds)
+            if on_bad_image == "error":
+                raise DataError(f"{shown}: not a readable image ({err}); "
+                                "set data.on_bad_image: skip to leave such files out") from None
+            skipped.append(str(path))
+            continue
+        labels.append(label)
     if not images:
-        raise DataError(f"{root}: no readable images")
+        raise DataError(f"{where}: no readable images")
     result = FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), names, skipped)
     if cache_file is not None:
         _write_cache(cache_file, result, on_bad_image)
