@@ -76,8 +76,7 @@ class Registry(Generic[T]):
     """A mapping of lowercase snake_case names to components of one kind.
 
     >>> SHAPES = Registry("shape")
-    >>> @SHAPES.register("square")
-    ... def square(side): return side * side
+    >>> _ = SHAPES.add("square", lambda side: side * side)
     >>> SHAPES.get("square")(3)
     9
     """
@@ -101,14 +100,6 @@ class Registry(Generic[T]):
             listener(name, obj, origin)
         self._entries[name] = (obj, origin)
         return obj
-
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator form of :meth:`add` (for plain objects; classes use :func:`register`)."""
-
-        def add(obj: T) -> T:
-            return self.add(name, obj, origin_of(obj))
-
-        return add
 
     def on_add(self, listener: Callable[[str, T, Origin | None], None]) -> None:
         """Call ``listener(name, obj, origin)`` for every entry, now and as they are added."""

@@ -164,8 +164,6 @@ class Layer(Component):
     def shape_error(self, message: str) -> ShapeError:
         return ShapeError(None, f"{self.type_name}: {message}")
 
-    _shape_error = shape_error
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
         return f"{type(self).__name__}({args})"
