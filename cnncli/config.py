@@ -229,8 +229,8 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
     # Build the network's shapes on the declared input shape (nothing allocated): shape
     # errors surface now, and a run too large for this machine is refused before it starts.
     network = build_network(out, allocate=False)
-    loss, optimizer = resolve_objective(raw, network)
-    out["loss"], out["optimizer"] = {**loss.config(), "class_weight": loss.class_weight}, optimizer.config()
+    loss, class_weight, optimizer = resolve_objective(raw, network)
+    out["loss"], out["optimizer"] = {**loss.config(), "class_weight": class_weight}, optimizer.config()
     # Components registered from an importable module without plugins: a run keeps them too.
     out["plugins"] = out["plugins"] + plugins.implicit(out, out["plugins"])
     if check_memory:
@@ -404,8 +404,8 @@ def default_loss(network) -> str:
 
 
 def resolve_objective(raw: dict, network):
-    """The loss (inferred from the output activation when absent; checked against it)
-    and the optimizer, as engine objects."""
+    """The loss (inferred from the output activation when absent; checked against it),
+    its ``class_weight`` (the training loop's, resolved) and the optimizer."""
     from cnncli.nn.losses import make_loss
     from cnncli.nn.optimizers import make_optimizer
 
@@ -422,8 +422,7 @@ def resolve_objective(raw: dict, network):
     opt_spec = raw.get("optimizer", {"name": "adam"})
     if isinstance(opt_spec, dict) and "name" not in opt_spec:
         opt_spec = {"name": "adam", **opt_spec}
-    loss.class_weight = class_weight
-    return loss, make_optimizer(opt_spec, "optimizer")
+    return loss, class_weight, make_optimizer(opt_spec, "optimizer")
 
 
 def resolve_class_weight(value: object):

@@ -152,7 +152,9 @@ def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "r
     try:
         data = load_dataset(config.values, cache_dir=Path(runs_dir) / ".cache",
                             outputs=int(np.prod(built.network.output_shape)))
-        class_weights(config["loss"].get("class_weight"), data.train.y, data.class_names)  # checked before a folder
+        # Weights per class, from the training split: checked before a run folder exists, kept with the data.
+        weights = class_weights(config["loss"].get("class_weight"), data.train.y, data.class_names)
+        data.info["class_weights"] = None if weights is None else weights.tolist()
     except DataError as err:
         raise DataError(f"{config.source}: data: {err}" if config.source else f"data: {err}") from None
     return config, built, data
@@ -179,9 +181,7 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     in_folder = {**values, "plugins": plugins.copy_into(run_dir, values["plugins"])}
     runs.atomic_write_text(run_dir / "config.yaml", yamlfiles.dump(in_folder))
     runs.write_json(run_dir / "env.json", runs.environment())
-    weights = class_weights(values["loss"].get("class_weight"), data.train.y, data.class_names)
     runs.write_json(run_dir / "data.json", {"class_names": data.class_names, "normalization": data.normalization,
-                                            "class_weights": None if weights is None else weights.tolist(),
                                             **{k: v for k, v in data.info.items() if k != "classes"}})
     runs.atomic_write_text(run_dir / "summary.md", "# Summary\n\n" + to_markdown(summarize(network)))
     if on_ready is not None:
@@ -263,8 +263,8 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
                          callbacks=(writer, *callbacks), eval_batch_size=values["eval"]["batch_size"],
                          on_nan=values["train"].get("on_nan", "stop"), state=state, should_stop=should_stop,
                          augment=augment, augment_seed=seeded_rng(values["seed"], AUGMENT_STREAM).integers(2**63),
-                         class_weights=class_weights(values["loss"].get("class_weight"), data.train.y,
-                                                     data.class_names))
+                         class_weights=None if data.info["class_weights"] is None
+                         else np.asarray(data.info["class_weights"]))
     except KeyboardInterrupt:
         saved = writer.last_saved or {}
         runs.write_status(run_dir, "interrupted", epoch=state.epoch, step=optimizer.t,
