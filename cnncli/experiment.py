@@ -141,17 +141,18 @@ def graceful_interrupts():
             signal.signal(sig, old)
 
 
-def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "runs"):
+def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "runs", on_fetch=None):
     """Validate, build and load the data of a config, before any run folder exists.
 
-    Decoded images are cached in ``<runs_dir>/.cache``, keyed by the files and settings.
+    Decoded images are cached in ``<runs_dir>/.cache``, keyed by the files and settings;
+    a dataset by name not yet cached is fetched (``on_fetch``: see ``datasets.prepare``).
     """
     if not isinstance(config, Config) or overrides:
         config = load_config(config, overrides)
     built = build(config)
     try:
         data = load_dataset(config.values, cache_dir=Path(runs_dir) / ".cache",
-                            outputs=int(np.prod(built.network.output_shape)))
+                            outputs=int(np.prod(built.network.output_shape)), on_fetch=on_fetch)
         # Weights per class, from the training split: checked before a run folder exists, kept with the data.
         weights = class_weights(config["loss"].get("class_weight"), data.train.y, data.class_names)
         data.info["class_weights"] = None if weights is None else weights.tolist()
@@ -162,7 +163,7 @@ def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "r
 
 def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "runs", name: str | None = None,
           callbacks: tuple[Callback, ...] = (), on_ready=None, handle_signals: bool = True,
-          exact_name: bool = False) -> Run:
+          exact_name: bool = False, on_fetch=None) -> Run:
     """Train a config into a new run folder and return the :class:`Run`.
 
     ``on_ready(run_dir, config, network, dataset)`` is called once the folder exists,
@@ -170,7 +171,7 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     Ctrl-C or SIGTERM stops after the current step with a checkpoint (``run.status`` is
     then ``interrupted``; :func:`resume` continues it).
     """
-    config, built, data = prepare(config, overrides, runs_dir)
+    config, built, data = prepare(config, overrides, runs_dir, on_fetch)
     network, loss, optimizer = built
     values = config.values
     slots = len(optimizer.slots)
@@ -192,7 +193,7 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
 
 
 def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_ready=None,
-           handle_signals: bool = True, on_notice=None) -> Run:
+           handle_signals: bool = True, on_notice=None, on_fetch=None) -> Run:
     """Continue an interrupted (or failed, or killed) run from ``checkpoints/last.npz``.
 
     Same data order, generator states, optimizer state and schedule: the finished run
@@ -207,7 +208,7 @@ def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_read
     for line in plugins.changed_originals(config["plugins"], run_dir):
         if on_notice is not None:
             on_notice(line)
-    config, built, data = prepare(config, (), run_dir.parent)
+    config, built, data = prepare(config, (), run_dir.parent, on_fetch)
     network, loss, optimizer = built
     last = run_dir / "checkpoints" / "last.npz"
     if not last.is_file():

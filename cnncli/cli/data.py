@@ -36,6 +36,15 @@ class DownloadBar:
         self.progress.stop()
 
 
+def announce_fetch(dataset):
+    """``on_fetch`` for ``datasets.prepare``: say what is fetched, and draw a bar on a terminal."""
+    from cnncli.data import datasets
+
+    say(f"{dataset.name}: not in the cache ({datasets.cache_root()}); fetching it once "
+        f"({', '.join(f.name for f in dataset.files)})")
+    return DownloadBar() if console.is_terminal else None
+
+
 @app.command("list")
 @user_errors
 def list_() -> None:
@@ -58,7 +67,7 @@ def fetch(name: str = typer.Argument(..., help="caltech101, mnist, fashion_mnist
     """Download, verify (the publisher's MD5) and unpack a dataset into the cache."""
     from cnncli.data import datasets
 
-    root, info = datasets.prepare(name, progress=DownloadBar() if console.is_terminal else None)
+    root, info = datasets.prepare(name, on_fetch=announce_fetch)
     say(f"{name}: ready in {root} ({info['check']})")
 
 

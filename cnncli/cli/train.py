@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cnncli.cli.common import SET, console, err_console, say, user_errors
+from cnncli.cli.data import announce_fetch
 from cnncli.cli.inspect import summary_table
 from cnncli.errors import CnnCliError
 
@@ -84,20 +85,6 @@ def print_ready(run_dir, cfg, network, data) -> None:
         f"run folder {run_dir}")
 
 
-def fetch_dataset_first(config: Path, overrides: list[str]) -> None:
-    """A dataset named by the config and not yet cached is fetched here, with a progress
-    bar, before training starts (the Python API fetches it too, silently)."""
-    from cnncli.cli.data import DownloadBar
-    from cnncli.config import load_config
-    from cnncli.data import datasets
-
-    source = load_config(str(config), overrides, check_paths=False, check_memory=False)["data"]["source"]
-    if source in datasets.DATASETS and not datasets.status(source)["ready"]:
-        say(f"{source}: not in the cache ({datasets.cache_root()}); fetching it once "
-            f"({', '.join(f.name for f in datasets.get(source).files)})")
-        datasets.prepare(source, progress=DownloadBar() if console.is_terminal else None)
-
-
 def print_outcome(run) -> None:
     """How a run ended: interrupted (exit 130, with how to go on), or its best epoch."""
     if run.status == "interrupted":
@@ -139,12 +126,12 @@ def train(
         raise CnnCliError("train: give a CONFIG file, or --resume RUN_DIR (not both)")
     if resume is not None and (set_ or name):
         raise CnnCliError("train --resume continues a run with its own config: --set and --name do not apply")
-    shown = {"on_ready": None if quiet else print_ready, "callbacks": () if quiet else (ProgressDisplay(),)}
+    shown = {"on_ready": None if quiet else print_ready, "callbacks": () if quiet else (ProgressDisplay(),),
+             "on_fetch": announce_fetch}
     try:
         if resume is not None:
             run = experiment.resume(resume, on_notice=lambda line: say(f"note: {line}", error=True), **shown)
         else:
-            fetch_dataset_first(config, set_)
             run = experiment.train(str(config), overrides=set_, runs_dir=runs_dir, name=name, **shown)
     except KeyboardInterrupt:
         err_console.print("stopped at once: the last checkpoint and every finished epoch are kept "

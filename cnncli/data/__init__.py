@@ -88,7 +88,7 @@ def convert_channels(x: np.ndarray, channels: int, where: str) -> np.ndarray:
     raise DataError(f"{where}: images have {have} channels; the model's input has {channels}")
 
 
-def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str | Path | None):
+def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str | Path | None, on_fetch=None):
     """(x_train, y_train, x_test or None, y_test or None, class names, info) as stored."""
     source = data["source"]
     info: dict = {"source": source}
@@ -128,7 +128,7 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
         from cnncli.data import datasets
         from cnncli.data.image_folder import load_image_folder
 
-        root, checked = datasets.prepare(source)
+        root, checked = datasets.prepare(source, on_fetch=on_fetch)
         loaded = load_image_folder(root, tuple(input_shape), on_bad_image=data["on_bad_image"],
                                    cache_dir=cache_dir if data["cache"] else None, classes=data["classes"])
         x, y, names = loaded.x, loaded.y, loaded.class_names
@@ -137,7 +137,7 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
         from cnncli.data import datasets
         from cnncli.data.cifar import load_cifar10
 
-        root, checked = datasets.prepare(source)
+        root, checked = datasets.prepare(source, on_fetch=on_fetch)
         x, y, x_test, y_test, names = load_cifar10(root, use_test=data["use_test"])
         info["dataset"] = _dataset_record(source, checked)
     elif source == "csv":
@@ -161,7 +161,7 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
         from cnncli.data import datasets
         from cnncli.data.idx import load_idx_pair
 
-        root, checked = datasets.prepare(source)
+        root, checked = datasets.prepare(source, on_fetch=on_fetch)
         x, y = load_idx_pair(root, "train")
         if data["use_test"]:
             x_test, y_test = load_idx_pair(root, "t10k")
@@ -286,13 +286,14 @@ def undo_normalization(x: np.ndarray, norm: dict) -> np.ndarray:
     return out
 
 
-def load_dataset(values: dict, cache_dir: str | Path | None = None, outputs: int | None = None) -> Dataset:
+def load_dataset(values: dict, cache_dir: str | Path | None = None, outputs: int | None = None,
+                 on_fetch=None) -> Dataset:
     """The dataset of a resolved config (see the module docstring)."""
     data, seed = values["data"], values["seed"]
     input_shape = tuple(values["model"]["input_shape"])
     dtype = np.float32 if values["train"]["dtype"] == "float32" else np.float64
     where = data.get("path") or ("synthetic data" if data["source"] == "synthetic" else data["source"])
-    x, y, x_test, y_test, names, info = load_raw(data, input_shape, seed, cache_dir)
+    x, y, x_test, y_test, names, info = load_raw(data, input_shape, seed, cache_dir, on_fetch)
     if data["limit"] is not None and data["limit"] < len(y):
         keep_fraction = data["limit"] / len(y)
         _, keep = stratified_split(y, keep_fraction, seeded_rng(seed, 1))

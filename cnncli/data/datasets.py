@@ -159,8 +159,11 @@ def mirror_url(dataset: Dataset, remote: RemoteFile) -> str:
 
 
 # ----------------------------------------------------------------------- fetching, reading
-def prepare(name: str, *, progress=None, timeout: float = 60.0) -> tuple[Path, dict]:
-    """(the folder to read the dataset from, what was checked), fetching it if needed."""
+def prepare(name: str, *, on_fetch=None, timeout: float = 60.0) -> tuple[Path, dict]:
+    """(the folder to read the dataset from, what was checked), fetching it if needed.
+
+    ``on_fetch(dataset)`` is called once before anything is downloaded and may return a
+    progress bar for pooch (an object with ``total``, ``update``, ``reset``, ``close``)."""
     dataset = get(name)
     info = manifest(dataset)
     if info.get("ready"):
@@ -168,6 +171,7 @@ def prepare(name: str, *, progress=None, timeout: float = 60.0) -> tuple[Path, d
         if not root.exists():
             raise DataError(f"{name}: the copy registered with `cnncli data add` is gone ({root}); add it again")
         return root, info
+    progress = on_fetch(dataset) if on_fetch is not None else None
     for remote in dataset.files:
         _download(dataset, remote, progress, timeout)
     root = _unpack(dataset)
