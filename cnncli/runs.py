@@ -129,11 +129,16 @@ def resolve_run_dir(run_dir: str | Path | None, runs_dir: str | Path = "runs") -
 CHECKPOINTS = ("best", "last")
 
 
-def checkpoint_file(run_dir: str | Path, which: str) -> Path:
-    """``run_dir/checkpoints/<which>.npz`` for ``which`` best or last (checked)."""
+def checkpoint_name(which: str) -> str:
+    """``which`` if it names a checkpoint a run keeps (best or last)."""
     if which not in CHECKPOINTS:
         raise CheckpointError(f"checkpoint: expected best or last; got {which!r}")
-    return Path(run_dir) / "checkpoints" / f"{which}.npz"
+    return which
+
+
+def checkpoint_file(run_dir: str | Path, which: str) -> Path:
+    """``run_dir/checkpoints/<which>.npz`` for ``which`` best or last (checked)."""
+    return Path(run_dir) / "checkpoints" / f"{checkpoint_name(which)}.npz"
 
 
 def write_status(run_dir: Path, state: str, **details) -> None:

@@ -143,6 +143,11 @@ def test_class_weight_in_a_run(tmp_path):
     import json
 
     assert json.loads((run.path / "data.json").read_text())["class_weights"] == [1.0, 3.0]
+    plain = cnncli.train({**TINY, "loss": "categorical_crossentropy"}, runs_dir=tmp_path / "plain")
+    assert run.history[0].loss != plain.history[0].loss  # the weights reach the training loss
+    even = cnncli.train({**TINY, "loss": {"name": "categorical_crossentropy", "class_weight": {0: 1.0, 1: 1.0}}},
+                        runs_dir=tmp_path / "even")
+    assert [h.loss for h in even.history] == [h.loss for h in plain.history]
     with pytest.raises(ConfigError, match="loss.class_weight.1: expected a number > 0; got 0"):
         load_config({**TINY, "loss": {"name": "mse", "class_weight": {1: 0}}})
     from cnncli.data import class_weights

@@ -38,9 +38,9 @@ def eval_(
 ) -> None:
     """Evaluate a run: loss, accuracy, confusion matrix, per-class precision/recall/F1."""
     from cnncli.experiment import evaluate_run
-    from cnncli.runs import checkpoint_file, resolve_run_dir
+    from cnncli.runs import checkpoint_name, resolve_run_dir
 
-    checkpoint_file(".", checkpoint)  # best or last, checked before anything is read
+    checkpoint_name(checkpoint)  # best or last, checked before anything is read
     path = resolve_run_dir(run_dir, runs_dir)
     report = evaluate_run(path, checkpoint=checkpoint, data_path=str(data_path) if data_path else None)
     if as_json:
@@ -59,9 +59,9 @@ def predict(
 ) -> None:
     """Class and probability for each image."""
     from cnncli.experiment import predict as run_predict
-    from cnncli.runs import checkpoint_file, resolve_run_dir
+    from cnncli.runs import checkpoint_name, resolve_run_dir
 
-    checkpoint_file(".", checkpoint)
+    checkpoint_name(checkpoint)
     given = paths[0] if paths and paths[0].is_dir() else None
     images = paths[1:] if given is not None else paths
     run_dir = resolve_run_dir(given, runs_dir)
