@@ -139,6 +139,8 @@ def function_plot_png(kind: str, names: list[str], path: Path) -> Path:
     """Activations (g and g') or losses (E and dE/dyhat against yhat, for y = 1 and 0 or y = 0)."""
     plt = _pyplot()
     fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax in (ax_f, ax_d):  # more curves than the default ten colours: one colour each
+        ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20)))
     if kind == "activation":
         from cnncli.nn.activations import make_activation
 

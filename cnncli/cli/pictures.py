@@ -36,7 +36,7 @@ def visualize(
 @user_errors
 def plot(
     kind: str = typer.Argument(..., help="activation or loss."),
-    names: List[str] = typer.Argument(None, help="Names (default: all of Table 2 or Table 1)."),
+    names: List[str] = typer.Argument(None, help="Names (default: every one registered, without aliases)."),
     out: Path = typer.Option(Path("plots"), "--out", help="Output folder."),
 ) -> None:
     """PNG of the paper's activations (Table 2) or losses (Table 1) with their derivatives."""
@@ -47,11 +47,12 @@ def plot(
     registry = {"activation": ACTIVATIONS, "loss": LOSSES}.get(kind)
     if registry is None:
         raise CnnCliError(f"plot: expected activation or loss; got {kind!r}")
-    names = names or registry.names()
+    every = [n for n, obj in registry.items() if getattr(obj, "name", n) == n]  # swish is silu: once
+    names = names or every
     for name in names:
         registry.get(name, kind)
     out.mkdir(parents=True, exist_ok=True)
-    label = "all" if sorted(set(names)) == registry.names() else "_".join(names)
+    label = "all" if sorted(set(names)) == every else "_".join(names)
     say(f"wrote {function_plot_png(kind, names, out / f'{kind}_{label}.png')}")
 
 
