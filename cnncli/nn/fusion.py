@@ -23,21 +23,38 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.nn import parallel
+from cnncli.nn.dynamics import norm
 from cnncli.nn.layers import ActivatedLayer, Conv2D, Layer, MaxPool2D
 from cnncli.nn.layers.pool import record_winner
 
 
 class Step:
     """One unit of the plan: ``forward(x, training)`` and ``backward(dy)`` over the
-    layers ``indices`` (positions in the network)."""
+    layers ``indices`` (positions in the network).
+
+    For training dynamics (``cnncli.nn.dynamics``) a step also answers what each of its
+    layers computed: ``activated_outputs`` and ``delta_norms``. While ``observed`` is
+    set, a fused step keeps what it needs for that (references, no copies).
+    """
 
     indices: tuple[int, ...] = ()
+    observed = False
 
     def forward(self, x: np.ndarray, training: bool, *, logits: bool = False) -> np.ndarray:
         raise NotImplementedError
 
     def backward(self, dy: np.ndarray, *, logits: bool = False) -> np.ndarray | None:
         raise NotImplementedError
+
+    def activated_outputs(self, out: np.ndarray, *, logits: bool = False):
+        """(layer index, activation, its output ``a``) for each layer of the step with a
+        non-linear activation; ``out`` is the step's output (``z`` with ``logits``)."""
+        return []
+
+    def delta_norms(self, dy: np.ndarray) -> dict[int, float]:
+        """Layer index -> ||dL/d(layer's output)|| for the step's layers, from ``dy``,
+        dL/d(the step's output)."""
+        return {self.indices[-1]: norm(dy)}
 
     def describe(self) -> str:
         return type(self).__name__
@@ -59,6 +76,12 @@ class Single(Step):
             return self.layer.backward(dy, logits=True)
         return self.layer.backward(dy)
 
+    def activated_outputs(self, out, *, logits=False):
+        layer = self.layer
+        if not isinstance(layer, ActivatedLayer) or layer.activation.name == "linear":
+            return []
+        return [(self.indices[0], layer.activation, layer.activation.forward(out) if logits else out)]
+
     def describe(self):
         return f"layers[{self.indices[0]}]"
 
@@ -76,11 +99,21 @@ class PoolAfterActivation(Step):
         pooled = self.pool.forward(z, training)  # max z
         self._out = self.activation.forward(pooled)
         self._pooled = None if self.activation.backward_from_output else pooled
+        self._z = z if self.observed else None
         return self._out
 
     def backward(self, dy, *, logits=False):
         dpooled = self.activation.backward(self._out, dy, self._pooled)  # dL/d(max z)
         return self.layer.backward_linear(self.pool.backward(dpooled))
+
+    def activated_outputs(self, out, *, logits=False):
+        return [(self.indices[0], self.activation, self.activation.forward(self._z))]
+
+    def delta_norms(self, dy):
+        # Windows that do not overlap route each dy to one cell: the norm passes unchanged.
+        (sh, sw), (ph, pw) = self.pool.stride, self.pool.pool_size
+        below = norm(dy) if sh >= ph and sw >= pw else norm(self.pool.backward(dy))
+        return {self.indices[1]: norm(dy), self.indices[0]: below}
 
     def describe(self):
         return f"layers[{self.indices[0]}-{self.indices[1]}]: {self.activation.name} after max pooling"
@@ -128,6 +161,7 @@ class ConvMaxPool(Step):
 
         parallel.run(pool, parallel.chunks(blocked.shape[1], blocked[:, 0].size))
         self._blocked_shape, self._winner, self._out, self._pooled = blocked.shape, winner, out, pooled
+        self._blocked = blocked if self.observed else None
         return out
 
     def backward(self, dy, *, logits=False):
@@ -145,6 +179,17 @@ class ConvMaxPool(Step):
 
         parallel.run(route, parallel.chunks(dy.shape[0], dz[:, 0].size))
         return self.conv.backward_rows(dz, self.blocks)
+
+    def activated_outputs(self, out, *, logits=False):
+        if self.activation is None:
+            return []
+        # The conv's whole output, (P, N, H'', W'', F) in blocked order: the statistics
+        # do not depend on the order, and the channels stay on the last axis.
+        return [(self.indices[0], self.activation, self.activation.forward(self._blocked))]
+
+    def delta_norms(self, dy):
+        # The pooling tiles the conv's output: each dy goes to one cell, the norm is kept.
+        return {self.indices[1]: norm(dy), self.indices[0]: norm(dy)}
 
     def describe(self):
         what = "" if self.activation is None else f", {self.activation.name} after pooling"

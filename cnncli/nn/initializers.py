@@ -13,8 +13,16 @@ he_normal          N(0, s^2), s = sqrt(2 / fan_in)
 lecun_uniform      U(-a, a),  a = sqrt(3 / fan_in)
 lecun_normal       N(0, s^2), s = sqrt(1 / fan_in)
 pytorch_default    U(-a, a),  a = 1 / sqrt(fan_in)   (torch.nn Conv2d/Linear, weights and biases)
+random_normal      N(mean, stddev^2), whatever the fans (Keras: mean 0, stddev 0.05)
+random_uniform     U(minval, maxval), whatever the fans (Keras: -0.05, 0.05)
 zeros, ones        constants
+constant           every value ``value`` (``{name: constant, value: -1}``)
 =================  =====================================================
+
+``random_normal`` and ``random_uniform`` ignore the fans: their scale does not follow
+the layer's width, which is what makes a deep stack's gradient vanish or explode (see
+the training dynamics, ``cnncli.nn.dynamics``); they are here to show that and for
+configs written for Keras.
 
 The ``*_normal`` initializers draw an untruncated normal. Values are drawn in float64
 from the network's ``numpy.random.Generator`` and then cast, so the same seed gives the
@@ -31,7 +39,8 @@ import math
 
 import numpy as np
 
-from cnncli.nn.errors import ShapeError
+from cnncli.nn import validate
+from cnncli.nn.errors import ConfigError, ShapeError
 from cnncli.nn.registry import Component, Registry, construct, placeholder, register
 
 INITIALIZERS: Registry = Registry("initializer")
@@ -132,6 +141,43 @@ class PytorchDefault(_Uniform):
 
     def limit(self, fan_in, fan_out):
         return 1.0 / math.sqrt(fan_in)
+
+
+@register("random_normal")
+class RandomNormal(Initializer):
+    """N(mean, stddev^2) for every value, whatever the fans."""
+
+    def __init__(self, *, mean=0.0, stddev=0.05):
+        self.mean = validate.number("mean", mean)
+        self.stddev = validate.number("stddev", stddev, low=0.0)
+
+    def sample(self, shape, rng, fan_in, fan_out):
+        return rng.normal(self.mean, self.stddev, size=shape)
+
+
+@register("random_uniform")
+class RandomUniform(Initializer):
+    """U(minval, maxval) for every value, whatever the fans."""
+
+    def __init__(self, *, minval=-0.05, maxval=0.05):
+        self.minval = validate.number("minval", minval)
+        self.maxval = validate.number("maxval", maxval)
+        if not self.maxval > self.minval:
+            raise ConfigError("maxval", f"a number greater than minval ({self.minval})", maxval)
+
+    def sample(self, shape, rng, fan_in, fan_out):
+        return rng.uniform(self.minval, self.maxval, size=shape)
+
+
+@register("constant")
+class Constant(Initializer):
+    """Every value ``value`` (a bias of -3 makes relu units start dead, for example)."""
+
+    def __init__(self, *, value=0.0):
+        self.value = validate.number("value", value)
+
+    def sample(self, shape, rng, fan_in, fan_out):
+        return np.full(shape, self.value, dtype=np.float64)
 
 
 @register("zeros")

@@ -23,6 +23,7 @@ import numpy as np
 
 from cnncli.nn import parallel
 from cnncli.nn.activations import Activation, make_activation
+from cnncli.nn.dynamics import Probe
 from cnncli.nn.errors import CheckpointError, ConfigError, ShapeError
 from cnncli.nn.fusion import Step, plan
 from cnncli.nn.layers import LAYERS, ActivatedLayer, Layer
@@ -97,29 +98,38 @@ class Network:
         return [layer.config() for layer in self.layers]
 
     # -- computation ----------------------------------------------------------------
-    def forward(self, x: np.ndarray, training: bool = False, *, logits: bool = False) -> np.ndarray:
+    def forward(self, x: np.ndarray, training: bool = False, *, logits: bool = False,
+                probe: Probe | None = None) -> np.ndarray:
         """x (N, *input_shape) -> (N, *output_shape).
 
         ``logits=True`` leaves out the last layer's activation (returns its ``z``).
+        ``probe`` (``cnncli.nn.dynamics``) sees each step's output.
         """
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         last = len(self.steps) - 1
         with parallel.engine():
             for i, step in enumerate(self.steps):
+                step.observed = probe is not None
                 x = step.forward(x, training, logits=logits and i == last)
+                if probe is not None:
+                    probe.forward(step, x, logits and i == last)
         return x
 
-    def backward(self, dy: np.ndarray, *, logits: bool = False, input_grad: bool = False):
+    def backward(self, dy: np.ndarray, *, logits: bool = False, input_grad: bool = False,
+                 probe: Probe | None = None):
         """Back-propagate dL/d(output) (dL/dz of the last layer with ``logits``).
 
         Fills every layer's ``grads``; returns dL/dx when ``input_grad`` (otherwise the
-        first layer skips that product and None is returned).
+        first layer skips that product and None is returned). ``probe`` sees the delta
+        that reaches each step.
         """
         self.layers[0].needs_input_grad = input_grad
         last = len(self.steps) - 1
         with parallel.engine():
             for i in range(last, -1, -1):
+                if probe is not None:
+                    probe.backward(self.steps[i], dy)
                 dy = self.steps[i].backward(dy, logits=logits and i == last)
         # The first layer's input gradient may live in its reusable workspace: hand out a copy.
         return dy.copy() if input_grad else None
@@ -152,18 +162,20 @@ class Network:
         return loss.probabilities(out) if loss is not None else out
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray, loss: Loss, *, training: bool = True,
-                           input_grad: bool = False, sample_weight: np.ndarray | None = None):
+                           input_grad: bool = False, sample_weight: np.ndarray | None = None,
+                           probe: Probe | None = None):
         """One forward and backward pass: returns (loss value, predictions[, dL/dx]).
 
         Sigmoid + binary cross-entropy and softmax + categorical cross-entropy (or KL)
         are differentiated through the fused pair, from the logits. ``sample_weight``
-        (N,) weights each example's loss (``Loss.value_and_grad``).
+        (N,) weights each example's loss (``Loss.value_and_grad``). ``probe``
+        (``cnncli.nn.dynamics.Probe``) records each layer's delta and activation.
         """
         fused = self.uses_logits(loss)
         with parallel.engine():  # one scope: forward and backward share BLAS's setting
-            out = self.forward(x, training, logits=fused)
+            out = self.forward(x, training, logits=fused, probe=probe)
             value, dout = loss.value_and_grad(out, y, from_logits=fused, sample_weight=sample_weight)
-            dx = self.backward(dout, logits=fused, input_grad=input_grad)
+            dx = self.backward(dout, logits=fused, input_grad=input_grad, probe=probe)
         out = self.predictions(out, loss, fused)
         return (value, out, dx) if input_grad else (value, out)
 

@@ -13,7 +13,10 @@ say more, which the engine and ``cnncli`` use:
   kept between forward and backward; every built-in but the newest ones does this);
 * ``monotonic = True`` when ``g`` never decreases, so max pooling may run first and
   ``g`` only on the pooled values (``cnncli.nn.fusion``);
-* ``output_range`` and ``sums_to_one``, so a loss can refuse outputs it cannot use;
+* ``output_range`` and ``sums_to_one``, so a loss can refuse outputs it cannot use
+  (training dynamics also count outputs near both finite bounds as saturated);
+* ``zero_on_half_line = True`` when ``g`` is exactly 0 for ``z <= 0`` (relu), so that
+  training dynamics count dead units;
 * ``backward_flops``, the FLOPs of ``dL/da * g'(z)`` per element, for ``summary``;
 * ``formula()`` and ``derivative_formula()``, (text, LaTeX) for ``explain``.
 """
@@ -42,6 +45,10 @@ class Activation(Component):
     output_range: tuple[float, float] | None = None
     #: Each row of ``g(z)`` sums to 1 along the last axis (a probability distribution).
     sums_to_one = False
+    #: ``g`` is exactly 0, with ``g' = 0``, on a half-line (relu): a unit that is 0 for
+    #: every input gets no gradient and stops learning (a dead unit; training dynamics
+    #: report their fraction).
+    zero_on_half_line = False
     #: FLOPs of ``dL/da * g'(z)`` per element; None where not declared.
     backward_flops: int | None = None
 

@@ -23,6 +23,7 @@ class ReLU(Activation):
     monotonic = True
     backward_from_output = True
     output_range = (0.0, math.inf)
+    zero_on_half_line = True
     backward_flops = 1
 
     def forward(self, z):
