@@ -68,6 +68,8 @@ TRAIN_DEFAULTS = {
     "checkpoint_every": 1,
     "on_nan": "stop",
     "dtype": "float32",
+    "dynamics": {"every": 1},  # true: one record an epoch; {every: "N steps"}; false
+    "report": False,
 }
 EARLY_STOPPING_DEFAULTS = {"monitor": "val_loss", "patience": 5, "min_delta": 0.0, "restore_best": True}
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
@@ -370,8 +372,10 @@ def resolve_train(raw: dict) -> dict:
     _in("train", validate.positive_int, "epochs", out["epochs"])
     _in("train", validate.positive_int, "batch_size", out["batch_size"])
     out["checkpoint_every"] = _checkpoint_every(out["checkpoint_every"])
+    out["dynamics"] = _dynamics(out["dynamics"])
     _in("train", validate.choice, "on_nan", out["on_nan"], ("stop", "skip_batch"), "stop or skip_batch")
     _in("train", validate.boolean, "shuffle", out["shuffle"])
+    _in("train", validate.boolean, "report", out["report"])
     split = out["validation_split"]
     if not validate.is_finite(split) or not 0 <= split < 1:
         raise ConfigError("train.validation_split", "a number in [0, 1)", split)
@@ -453,12 +457,12 @@ def resolve_eval(raw: dict) -> dict:
     return out
 
 
-def _checkpoint_every(value: object) -> int | str:
+def _interval(where: str, value: object) -> int | str:
     """An int (epochs), or ``"N epochs"`` / ``"N steps"``; resolved to int or ``"N steps"``."""
     expected = "a positive int (epochs), or 'N epochs' or 'N steps'"
     if validate.is_int(value):
         if value < 1:
-            raise ConfigError("train.checkpoint_every", expected, value)
+            raise ConfigError(where, expected, value)
         return value
     if isinstance(value, str):
         parts = value.split()
@@ -468,7 +472,24 @@ def _checkpoint_every(value: object) -> int | str:
                 return int(parts[0])
             if unit in ("step", "steps"):
                 return f"{int(parts[0])} steps"
-    raise ConfigError("train.checkpoint_every", expected, value)
+    raise ConfigError(where, expected, value)
+
+
+def _checkpoint_every(value: object) -> int | str:
+    return _interval("train.checkpoint_every", value)
+
+
+def _dynamics(value: object) -> dict | bool:
+    """``train.dynamics``: true (every epoch), false, or ``{every: N | "N epochs" | "N steps"}``;
+    resolved to false or ``{every: N}`` / ``{every: "N steps"}``."""
+    if value is True or value is None:
+        return {"every": 1}
+    if value is False:
+        return False
+    if not isinstance(value, dict):
+        raise ConfigError("train.dynamics", "true, false, or {every: 'N steps' or 'N epochs'}", value)
+    known_keys(value, {"every": 1}, "train.dynamics")
+    return {"every": _interval("train.dynamics.every", value.get("every", 1))}
 
 
 __all__ = ["Config", "load_config", "apply_override", "parse_key_path", "build_network", "SECTIONS"]

@@ -27,10 +27,11 @@ from cnncli.config import Config, load_config
 from cnncli.data import (Dataset, Split, apply_normalization, class_weights, load_dataset, normalization_of,
                          seeded_rng, undo_normalization)
 from cnncli.errors import CheckpointError, DataError, RunFolderError
-from cnncli.metrics import class_probabilities, confusion_matrix, per_class_scores, predicted_classes
+from cnncli.metrics import (class_probabilities, classification_scores, confusion_matrix, per_class_scores,
+                            predicted_classes)
 from cnncli.resources import check_disk
 from cnncli.summary import summarize, to_markdown
-from cnncli.training import Callback, EpochMetrics, FitResult, TrainState, evaluate, fit
+from cnncli.training import Callback, DynamicsSchedule, EpochMetrics, FitResult, TrainState, evaluate, fit
 from cnncli.visualize import curves_png
 
 SHUFFLE_STREAM = 3
@@ -73,6 +74,7 @@ class RunWriter(Callback):
         self.network = network
         self.optimizer = optimizer
         self.log = runs.MetricsLog(run_dir, list(history))
+        self.dynamics_log = runs.DynamicsLog(run_dir, since_step=optimizer.t)
         self.every, self.unit = checkpoint_interval(config["train"]["checkpoint_every"])
         self.epochs = config["train"]["epochs"]
         self.shuffle_rng = shuffle_rng
@@ -107,6 +109,9 @@ class RunWriter(Callback):
         if self.unit == "steps" or metrics.epoch % self.every == 0 or metrics.epoch == self.epochs:
             self.save_last(state)
         runs.write_status(self.run_dir, "running", epoch=metrics.epoch, step=metrics.step)
+
+    def on_dynamics(self, record: dict) -> None:
+        self.dynamics_log.append(record)
 
     def on_interrupt(self, state: TrainState) -> None:
         self.save_last(state)
@@ -265,7 +270,8 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
                          on_nan=values["train"].get("on_nan", "stop"), state=state, should_stop=should_stop,
                          augment=augment, augment_seed=seeded_rng(values["seed"], AUGMENT_STREAM).integers(2**63),
                          class_weights=None if data.info["class_weights"] is None
-                         else np.asarray(data.info["class_weights"]))
+                         else np.asarray(data.info["class_weights"]),
+                         dynamics=DynamicsSchedule.from_config(values["train"]["dynamics"]))
     except KeyboardInterrupt:
         saved = writer.last_saved or {}
         runs.write_status(run_dir, "interrupted", epoch=state.epoch, step=optimizer.t,
@@ -314,12 +320,56 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
 
 
 def evaluation_report(network, loss, split: Split, class_names: list[str], batch_size: int = 256) -> dict:
-    """Loss, accuracy, confusion matrix and per-class precision, recall, F1 on ``split``."""
+    """Loss, accuracy, confusion matrix, per-class precision, recall and F1 and their
+    macro and weighted averages, top-k accuracy (more than two classes), ROC AUC and
+    curve (two classes) on ``split``."""
+    return evaluate_split(network, loss, split, class_names, batch_size)[0]
+
+
+def evaluate_split(network, loss, split: Split, class_names: list[str], batch_size: int = 256):
+    """(:func:`evaluation_report`, the outputs (N, ...)): the outputs draw the pictures."""
     value, acc, outputs = evaluate(network, loss, split, batch_size)
     pred = predicted_classes(outputs)
     matrix = confusion_matrix(split.y, pred, len(class_names))
-    return {"examples": len(split), "loss": value, "accuracy": acc, "class_names": class_names,
-            "confusion_matrix": matrix.tolist(), **per_class_scores(matrix)}
+    report = {"examples": len(split), "loss": value, "accuracy": acc, "class_names": class_names,
+              "confusion_matrix": matrix.tolist(), **per_class_scores(matrix),
+              **classification_scores(split.y, class_probabilities(outputs), matrix)}
+    return report, outputs
+
+
+#: The pictures ``cnncli eval`` writes beside eval.json.
+EVAL_PICTURES = ("confusion.png", "roc.png", "misclassified.png")
+
+
+def evaluation_pictures(out_dir: Path, report: dict, split: Split, outputs: np.ndarray, normalization: dict,
+                        title: str, split_name: str = "validation") -> list[Path]:
+    """confusion.png; roc.png for two classes; misclassified.png for image data (the most
+    confident mistakes first, at most 16). Pictures of an earlier evaluation that do not
+    apply to this one are removed, so the folder never mixes two evaluations."""
+    from cnncli.evaluation_pictures import confusion_png, misclassified_png, roc_png
+
+    names = report["class_names"]
+    written = [confusion_png(np.asarray(report["confusion_matrix"]), names, out_dir / "confusion.png",
+                             f"{title}: confusion matrix")]
+    if report.get("roc_curve"):
+        curve = report["roc_curve"]
+        written.append(roc_png(np.asarray(curve["fpr"]), np.asarray(curve["tpr"]), report["roc_auc"],
+                               out_dir / "roc.png", f"ROC, {names[1] if len(names) > 1 else 'class 1'} positive ({split_name})"))
+    x = split.x
+    if x.ndim == 4 and x.shape[-1] in (1, 3):
+        probabilities = class_probabilities(outputs)
+        predicted = probabilities.argmax(axis=1)
+        wrong = np.flatnonzero(predicted != split.y)
+        confidence = probabilities[wrong, predicted[wrong]]
+        pick = wrong[np.argsort(-confidence, kind="stable")][:16]
+        written.append(misclassified_png(np.clip(undo_normalization(x[pick], normalization), 0, 1), split.y[pick],
+                                         predicted[pick], probabilities[pick, predicted[pick]], names,
+                                         out_dir / "misclassified.png",
+                                         f"{title}: {len(wrong)} misclassified of {len(split)}"))
+    for name in EVAL_PICTURES:
+        if out_dir / name not in written:
+            (out_dir / name).unlink(missing_ok=True)
+    return written
 
 
 def write_curves(run_dir: Path, history: list[EpochMetrics]) -> None:
@@ -344,8 +394,23 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     return config, built.network, built.loss, info, meta
 
 
-def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", data_path: str | None = None) -> dict:
-    """Evaluate a run's checkpoint on its evaluation data (or on ``data_path``); writes eval.json."""
+def read_run_dynamics(run_dir: Path) -> list[dict]:
+    """The rows of a run's ``dynamics.jsonl``; a run without any is refused in one line."""
+    rows = runs.read_dynamics(run_dir)
+    if rows:
+        return rows
+    if not (run_dir / "dynamics.jsonl").is_file():
+        raise RunFolderError(f"{run_dir}: no dynamics.jsonl: the run was made before cnncli recorded training "
+                             "dynamics, or with train.dynamics: false")
+    raise RunFolderError(f"{run_dir}: dynamics.jsonl holds no record yet (the first is written at the end of "
+                         "the first epoch, or after train.dynamics.every steps)")
+
+
+def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", data_path: str | None = None,
+                 pictures: bool = True) -> dict:
+    """Evaluate a run's checkpoint on its evaluation data (or on ``data_path``); writes
+    eval.json and (``pictures``) confusion.png, roc.png and misclassified.png beside it;
+    the report's ``pictures`` lists the files written."""
     run_dir = Path(run_dir)
     config, network, loss, info, meta = load_run(run_dir, checkpoint)
     values = json.loads(json.dumps(config.values))
@@ -375,37 +440,120 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", data_path: st
         if split is None:
             raise DataError("this run has no validation or test data; pass --data-path")
     names = info.get("class_names", data.class_names)
-    report = evaluation_report(network, loss, split, names, values["eval"]["batch_size"])
+    report, outputs = evaluate_split(network, loss, split, names, values["eval"]["batch_size"])
     report.update(checkpoint=checkpoint, epoch=meta.get("epoch"), data=which)
+    if pictures:
+        written = evaluation_pictures(run_dir, report, split, outputs, normalization_of(info),
+                                      f"{run_dir.name} ({checkpoint}, {which})", Path(which).name)
+        report["pictures"] = [p.name for p in written]
     runs.write_json(run_dir / "eval.json", report)
     return report
 
 
-def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str = "best") -> list[dict]:
-    """Class and probability of each image file, with the run's preprocessing."""
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The files ``predict`` reads: each path as given; a folder's files (and its
+    subfolders', sorted; hidden ones left out); a glob pattern's matches (``*.png``,
+    ``shots/**/*.jpg``) when no file has that name. A path that names nothing, a pattern
+    that matches nothing and a folder with no image file are refused in one line."""
+    import glob
+
+    from cnncli.data.image_folder import EXTENSIONS
+
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not any(p.suffix.lower() in EXTENSIONS for p in found):
+                raise DataError(f"{path}: a folder with no image file ({', '.join(EXTENSIONS)})")
+            files += found
+        elif path.exists():
+            files.append(path)
+        elif glob.has_magic(str(given)):
+            matches = sorted(Path(m) for m in glob.glob(str(given), recursive=True) if Path(m).is_file())
+            if not matches:
+                raise DataError(f"{given}: the pattern matches no file")
+            files += matches
+        else:
+            raise DataError(f"{given}: no such file")
+    return files
+
+
+@dataclass
+class Predictions:
+    """What :func:`predict` found: one row per image read, and the files it skipped."""
+
+    rows: list[dict]
+    class_names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+
+    def __iter__(self):  # the rows, as a list of predictions reads
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str = "best",
+            strict: bool = False) -> Predictions:
+    """Class and probabilities of each image file (folders and glob patterns expanded by
+    :func:`image_files`), with the run's preprocessing, in batches of ``eval.batch_size``.
+
+    A file that is not a readable image is skipped and listed in ``skipped``; with
+    ``strict`` it is refused in one line instead.
+    """
+    from PIL import Image
+
     from cnncli.data.image_folder import load_image
 
     config, network, loss, info, _ = load_run(run_dir, checkpoint)
     shape = tuple(config["model"]["input_shape"])
     if len(shape) != 3 or shape[2] not in (1, 3):
         raise DataError(f"predict reads image files; this model's input_shape is {list(shape)}")
-    arrays = []
-    for path in images:
-        try:
-            arrays.append(load_image(Path(path), *shape))
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file") from None
-        except (OSError, ValueError, SyntaxError) as err:
-            raise DataError(f"{path}: not a readable image ({err})") from None
-    x = apply_normalization(np.stack(arrays), normalization_of(info), network.dtype.type)
-    probs = class_probabilities(network.predict(x, loss=loss))
-    names = info.get("class_names") or [str(i) for i in range(probs.shape[1])]
-    out = []
-    for path, p in zip(images, probs):
-        k = int(np.argmax(p))
-        out.append({"image": str(path), "class": names[k] if k < len(names) else str(k), "index": k,
-                    "probability": float(p[k])})
-    return out
+    files = image_files(images)
+    names = list(info.get("class_names") or [])
+    result = Predictions([], names)
+    batch = config["eval"]["batch_size"]
+    for start in range(0, len(files), batch):
+        arrays, read = [], []
+        for path in files[start:start + batch]:
+            try:
+                arrays.append(load_image(path, *shape))
+                read.append(path)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                if strict:
+                    raise DataError(f"{path}: not a readable image ({err})") from None
+                result.skipped.append((str(path), str(err) or type(err).__name__))
+        if not arrays:
+            continue
+        x = apply_normalization(np.stack(arrays), normalization_of(info), network.dtype.type)  # (B, H, W, C)
+        probs = class_probabilities(network.predict(x, loss=loss))  # (B, K)
+        for path, p in zip(read, probs):
+            k = int(np.argmax(p))
+            result.rows.append({"image": str(path), "class": names[k] if k < len(names) else str(k), "index": k,
+                                "probability": float(p[k]), "probabilities": [float(v) for v in p]})
+    if not result.class_names and result.rows:
+        result.class_names = [str(i) for i in range(len(result.rows[0]["probabilities"]))]
+    if not result.rows:
+        path, why = result.skipped[0]
+        others = f"; nor are the other {len(files) - 1} files given" if len(files) > 1 else ""
+        raise DataError(f"{path}: not a readable image ({why}){others}")
+    return result
+
+
+def predictions_csv(predictions: Predictions) -> str:
+    """``path,class,probability`` and one probability column per class, a row per image."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "class", "probability", *predictions.class_names])
+    for row in predictions.rows:
+        writer.writerow([row["image"], row["class"], f"{row['probability']:.6g}",
+                         *(f"{v:.6g}" for v in row["probabilities"])])
+    return buf.getvalue()
 
 
 def gradcheck_batch(config: Config, network, loss, batch: int, seed: int, cache_dir: Path):

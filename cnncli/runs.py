@@ -99,12 +99,19 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "status.json").is_file()
 
 
+def is_training_run(path: Path) -> bool:
+    """A run folder that trained a network (not a learning-rate test's, which has
+    ``lr_find.json`` and no checkpoint)."""
+    return is_run_dir(path) and not (path / "lr_find.json").is_file()
+
+
 def list_runs(runs_dir: str | Path) -> list[Path]:
-    """Run folders under ``runs_dir`` (not the sweeps inside it), oldest first."""
+    """Training run folders under ``runs_dir`` (not the sweeps inside it, nor lr-find's
+    folders), oldest first."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and is_run_dir(p)), key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if p.is_dir() and is_training_run(p)), key=lambda p: p.name)
 
 
 def latest_run(runs_dir: str | Path = "runs") -> Path:
@@ -182,6 +189,43 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class DynamicsLog:
+    """Appends one JSON line per recorded step to ``dynamics.jsonl`` (``cnncli.nn.dynamics``).
+
+    Records can come every few steps, so a row is appended (and fsynced), not the file
+    rewritten. Resuming from the checkpoint at step ``since_step`` first drops the rows
+    recorded after it, which the resumed run records again, identically.
+    """
+
+    def __init__(self, run_dir: Path, since_step: int | None = None):
+        self.path = run_dir / "dynamics.jsonl"
+        if since_step is not None and self.path.is_file():
+            kept = [r for r in read_dynamics(run_dir) if r.get("step", 0) <= since_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, default=_json_default) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_dynamics(run_dir: Path) -> list[dict]:
+    """The rows of ``dynamics.jsonl`` (a line cut short by a kill is left out)."""
+    path = run_dir / "dynamics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- checkpoints

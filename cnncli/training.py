@@ -34,6 +34,7 @@ from cnncli.data import Split
 from cnncli.errors import InputError
 from cnncli.metrics import accuracy, predicted_classes
 from cnncli.nn import parallel
+from cnncli.nn.dynamics import Probe, layer_records, norm, parameter_dynamics
 from cnncli.nn.losses import Loss
 from cnncli.nn.network import Network
 from cnncli.nn.optimizers import Optimizer
@@ -101,9 +102,46 @@ class Callback:
 
     def on_epoch_end(self, metrics: EpochMetrics, improved: bool, state: TrainState) -> None: ...
 
+    def on_dynamics(self, record: dict) -> None: ...
+
     def on_interrupt(self, state: TrainState) -> None: ...
 
     def on_train_end(self, result: "FitResult") -> None: ...
+
+
+@dataclass
+class DynamicsSchedule:
+    """Which training steps record their dynamics (``train.dynamics``): every ``count``
+    epochs (the epoch's last full batch, so every record sees a whole batch) or every
+    ``count`` optimizer steps."""
+
+    count: int = 1
+    unit: str = "epochs"
+
+    @classmethod
+    def from_config(cls, value) -> "DynamicsSchedule | None":
+        """From the resolved ``train.dynamics``: false, or ``{every: N}`` (epochs) or
+        ``{every: "N steps"}``."""
+        if not value:
+            return None
+        every = value["every"]
+        if isinstance(every, int):
+            return cls(every, "epochs")
+        return cls(int(every.split()[0]), "steps")
+
+    def due(self, epoch: int, batch: int, full_batches: int, step: int) -> bool:
+        """Whether update number ``step`` (1-based), batch ``batch`` (0-based) of ``epoch``, records."""
+        if self.unit == "steps":
+            return step % self.count == 0
+        return epoch % self.count == 0 and batch == max(full_batches, 1) - 1
+
+
+def record_dynamics(network: Network, probe: Probe, before: dict, grad_norms: dict, *, epoch: int, batch: int,
+                    step: int, lr: float, examples: int) -> dict:
+    """One row of ``dynamics.jsonl``: where in training, and each layer's figures."""
+    params = parameter_dynamics(before, network.parameters(), grad_norms)
+    return {"epoch": epoch, "batch": batch, "step": step, "lr": lr, "examples": examples,
+            "layers": layer_records(network, probe, params)}
 
 
 @dataclass
@@ -182,13 +220,15 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
         early_stopping: dict | None = None, callbacks: tuple[Callback, ...] = (),
         eval_batch_size: int = 256, on_nan: str = "stop", state: TrainState | None = None,
         should_stop: Callable[[], bool] | None = None, augment=None, augment_seed: int = 0,
-        class_weights: np.ndarray | None = None) -> FitResult:
+        class_weights: np.ndarray | None = None, dynamics: DynamicsSchedule | None = None) -> FitResult:
     """Train until ``epochs`` epochs are done (continuing ``state`` if given).
 
     ``augment`` (a ``cnncli.data.augment.Augmenter``) changes each training batch with a
     generator made from (``augment_seed``, epoch, batch): the same batch gets the same
     changes in a resumed run, with no state to save. ``class_weights`` (one per class)
     weight each training example's loss by its class (validation is not weighted).
+    ``dynamics`` says which steps record their training dynamics (``cnncli.nn.dynamics``),
+    handed to the callbacks' ``on_dynamics``; recording does not change the step.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     state = state if state is not None else TrainState()
@@ -229,12 +269,23 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
             # thread at most once per step, not once per phase.
             with parallel.engine():
                 weights = class_weights[yb] if class_weights is not None else None
+                probe = Probe() if dynamics is not None and dynamics.due(epoch, b, n // batch_size,
+                                                                         optimizer.t + 1) else None
                 value, out = network.loss_and_gradients(xb, targets_for(network, yb, loss), loss,
-                                                        sample_weight=weights)
+                                                        sample_weight=weights, probe=probe)
+                if probe is not None:  # the gradients and weights as the update finds them
+                    lr = optimizer.current_lr()
+                    grad_norms = {k: norm(g) for k, g in network.gradients().items()}
+                    before = {k: v.astype(np.float64) for k, v in network.parameters().items()}
                 if _apply_update(network, optimizer, value, on_nan):
                     state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
                     state.correct += int(np.sum(predicted_classes(out) == yb))
                     state.seen += len(idx)
+                    if probe is not None:
+                        record = record_dynamics(network, probe, before, grad_norms, epoch=epoch, batch=b + 1,
+                                                 step=optimizer.t, lr=lr, examples=len(idx))
+                        for cb in callbacks:
+                            cb.on_dynamics(record)
                 elif on_nan == "skip_batch":
                     state.skipped += 1
                     for k, v in network.buffers().items():

@@ -7,7 +7,10 @@
 * ``feature_maps_png``: each convolutional layer's output channels for one image;
 * ``curves_png``: loss and accuracy against epoch, training and validation;
 * ``function_plot_png``: activations or losses of the paper's Tables 1 and 2 with their
-  derivatives.
+  derivatives;
+* ``dynamics_png``: the training dynamics of one run (``dynamics.jsonl``), or of several
+  overlaid;
+* ``sweep_curves_png`` and ``metric_by_key_png``: a sweep's trials side by side.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ def _save(fig, path: Path, dpi: int = 100) -> Path:
     return path
 
 
+def tile_grid(count: int, tile: tuple[float, float], *, cols: int | None = None, header: float = 0.4):
+    """(figure, ``count`` axes without frames) in a near-square grid of tiles
+    ``tile`` = (width, height) inches each, ``header`` inches for the title; the
+    grid's spare cells stay blank."""
+    cols = cols or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    fig, grid = _pyplot().subplots(rows, cols, figsize=(cols * tile[0], rows * tile[1] + header), squeeze=False)
+    for ax in grid.flat:
+        ax.axis("off")
+    return fig, list(grid.flat)[:count]
+
+
 def _convolutional(layer) -> bool:
     kernel = layer.params.get("kernel")
     return kernel is not None and kernel.ndim == 4
@@ -51,15 +66,8 @@ def kernels_png(network, path: Path) -> Path:
         raise ValueError("the network has no convolutional layer (none with a 4-D kernel)")
     kernel = conv.params["kernel"].astype(np.float64)  # (kh, kw, C, F)
     kh, kw, c, f = kernel.shape
-    cols = math.ceil(math.sqrt(f))
-    rows = math.ceil(f / cols)
-    plt = _pyplot()
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4), squeeze=False)
-    for k in range(rows * cols):
-        ax = axes[k // cols][k % cols]
-        ax.axis("off")
-        if k >= f:
-            continue
+    fig, axes = tile_grid(f, (0.9, 0.9))
+    for k, ax in enumerate(axes):
         patch = kernel[:, :, :, k]  # (kh, kw, C)
         if c not in (1, 3):
             patch = patch.mean(axis=2, keepdims=True)
@@ -74,7 +82,6 @@ def kernels_png(network, path: Path) -> Path:
 
 def feature_maps_png(network, image: np.ndarray, out_dir: Path, max_channels: int = 32) -> list[Path]:
     """One PNG per conv layer: its (activated) output channels for ``image`` (H, W, C)."""
-    plt = _pyplot()
     paths = []
     outputs = network.layer_outputs(image[None])  # each layer's own (activated, NHWC) output
     for i, (layer, a) in enumerate(zip(network.layers, outputs)):
@@ -82,14 +89,9 @@ def feature_maps_png(network, image: np.ndarray, out_dir: Path, max_channels: in
             continue
         maps = a[0]  # (H', W', F)
         f = min(maps.shape[2], max_channels)
-        cols = math.ceil(math.sqrt(f))
-        rows = math.ceil(f / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1 + 0.4), squeeze=False)
-        for k in range(rows * cols):
-            ax = axes[k // cols][k % cols]
-            ax.axis("off")
-            if k < f:
-                ax.imshow(maps[:, :, k], cmap="viridis", interpolation="nearest")
+        fig, axes = tile_grid(f, (1.1, 1.1))
+        for k, ax in enumerate(axes):
+            ax.imshow(maps[:, :, k], cmap="viridis", interpolation="nearest")
         fig.suptitle(f"layers[{i}] {layer.type_name}: {f} of {maps.shape[2]} feature maps, {maps.shape[0]}x{maps.shape[1]}",
                      fontsize=9)
         fig.tight_layout()
@@ -184,5 +186,168 @@ def function_plot_png(kind: str, names: list[str], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def dynamics_png(runs: list[tuple[str, list[dict]]], path: Path) -> Path:
+    """Training dynamics (rows of ``dynamics.jsonl``) of one run, or of several overlaid.
+
+    Six panels: the delta that reaches each layer, from the output back to the input
+    (first, middle and last record; for several runs the last record of each); then
+    against the step: each kernel's gradient norm, its update-to-weight ratio, its
+    weight norm; each activated layer's saturated or dead fraction, and its mean with
+    one standard deviation shaded (one run only). A colour is a layer, a line style a run.
+    """
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    (ax_delta, ax_grad, ax_ratio), (ax_weight, ax_sat, ax_act) = axes
+    styles = ["-", "--", ":", "-."]
+    first_rows = runs[0][1]
+    labels = {layer["layer"]: f"{layer['layer']} {layer['label']}" for layer in first_rows[-1]["layers"]}
+    watched = [i for i, layer in enumerate(first_rows[-1]["layers"]) if "params" in layer or "activation" in layer]
+    colour = {i: plt.cm.tab10(k % 10) for k, i in enumerate(watched)}
+    several = len(runs) > 1
+
+    # 1. The delta profile: how the back-propagated signal changes from the output to the input.
+    for r, (name, rows) in enumerate(runs):
+        picks = [rows[-1]] if several else [rows[i] for i in sorted({0, len(rows) // 2, len(rows) - 1})]
+        shades = plt.cm.viridis(np.linspace(0.1, 0.85, len(picks)))
+        for k, row in enumerate(picks):
+            xs = [layer["layer"] for layer in row["layers"] if layer.get("delta_norm")]
+            ys = [layer["delta_norm"] for layer in row["layers"] if layer.get("delta_norm")]
+            ax_delta.plot(xs, ys, styles[r % 4], marker="o", color="black" if several else shades[k],
+                          label=f"{name}: epoch {row['epoch']}" if several else f"epoch {row['epoch']}, step {row['step']}")
+    ax_delta.set_yscale("log")
+    ax_delta.set_xticks(sorted(labels))
+    ax_delta.set_xticklabels([labels[i] for i in sorted(labels)], rotation=45, ha="right", fontsize=7)
+    ax_delta.set(title="delta reaching each layer, ||dL/da|| (input on the left)", ylabel="norm (log)")
+    ax_delta.legend(fontsize=7)
+
+    def series(rows, i, pick):
+        """``pick(layer i)`` of each record (NaN where absent), or None when it is never there."""
+        values = [pick(row["layers"][i]) if i < len(row["layers"]) else None for row in rows]
+        if all(v is None for v in values):
+            return None
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+    def over_steps(ax, pick, title, ylabel, log=True):
+        drawn = False
+        for r, (name, rows) in enumerate(runs):
+            steps = [row["step"] for row in rows]
+            for i in watched:
+                ys = series(rows, i, pick)
+                if ys is not None:
+                    ax.plot(steps, ys, styles[r % 4], color=colour[i], marker="." if len(steps) < 40 else None)
+                    drawn = True
+        if log and drawn:
+            ax.set_yscale("log")
+        ax.set(title=title, xlabel="step (optimizer update)", ylabel=ylabel)
+        if not drawn:
+            ax.text(0.5, 0.5, "nothing to show", ha="center", va="center", transform=ax.transAxes, color="grey")
+
+    def kernel(key):
+        return lambda layer: (layer.get("params", {}).get("kernel") or {}).get(key)
+
+    over_steps(ax_grad, kernel("grad_norm"), "gradient norm of each kernel, ||dL/dW||", "norm (log)")
+    over_steps(ax_ratio, kernel("update_ratio"), "update / weight per step, ||dW|| / ||W|| (dotted: 1e-3)",
+               "ratio (log)")
+    ax_ratio.axhline(1e-3, color="black", linewidth=0.8, linestyle=":")
+    over_steps(ax_weight, kernel("norm"), "weight norm of each kernel, ||W||", "norm (log)")
+
+    def unhealthy(layer):
+        act = layer.get("activation") or {}
+        return act.get("saturated") if act.get("saturated") is not None else act.get("dead")
+
+    over_steps(ax_sat, unhealthy, "saturated (tanh, sigmoid) or dead (relu) fraction", "fraction", log=False)
+    ax_sat.set_ylim(-0.02, 1.02)
+
+    def activation(layer):  # a softmax's mean is 1/K whatever happens: left out
+        act = layer.get("activation")
+        return act if act and act.get("name") != "softmax" else None
+
+    for r, (name, rows) in enumerate(runs):
+        steps = [row["step"] for row in rows]
+        for i in watched:
+            mean = series(rows, i, lambda layer: (activation(layer) or {}).get("mean"))
+            if mean is None:
+                continue
+            std = series(rows, i, lambda layer: (activation(layer) or {}).get("std"))
+            ax_act.plot(steps, mean, styles[r % 4], color=colour[i])
+            if not several:
+                ax_act.fill_between(steps, mean - std, mean + std, color=colour[i], alpha=0.12)
+    ax_act.set(title="activation mean" + ("" if several else ", one standard deviation shaded"),
+               xlabel="step (optimizer update)", ylabel="a = g(z)")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    # One legend for the layers (colours) and, for several runs, one for the runs (line styles).
+    handles = [Line2D([], [], color=colour[i], label=labels[i]) for i in watched]
+    if several:
+        handles += [Line2D([], [], color="black", linestyle=styles[r % 4], label=name)
+                    for r, (name, _) in enumerate(runs)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    title = "training dynamics: " + (" vs ".join(name for name, _ in runs) if several else runs[0][0])
+    fig.suptitle(title, fontsize=11)
+    rows_of_legend = math.ceil(len(handles) / 6)
+    fig.tight_layout(rect=(0, 0.025 + 0.03 * rows_of_legend, 1, 1))
+    return _save(fig, path)
+
+
+def sweep_curves_png(series: list[tuple[str, list[dict]]], metric: str, path: Path) -> Path:
+    """Every trial's ``metric`` (and its training counterpart, thin) against epoch, one
+    colour per trial (rows of each trial's metrics.jsonl)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    train_key = metric[4:] if metric.startswith("val_") else None
+    for k, (label, rows) in enumerate(series):
+        epochs = [r["epoch"] for r in rows]
+        c = colours[k % 20]
+        values = [r.get(metric) for r in rows]
+        if any(v is not None for v in values):
+            ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o", markersize=3, color=c,
+                    label=label)
+        if train_key:
+            ax.plot(epochs, [r.get(train_key) for r in rows], color=c, linewidth=0.8, alpha=0.5, linestyle="--")
+    ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} of every trial" +
+           (f" (dashed, thin: {train_key} on the training split)" if train_key else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def metric_by_key_png(scored: list[tuple[dict, float]], keys: list[str], label: str, path: Path) -> Path:
+    """One panel per varying key: each trial's score against that key's value (numbers
+    on a log axis when they span more than two decades; anything else as categories)."""
+    plt = _pyplot()
+    cols = min(len(keys), 3)
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for n, key in enumerate(keys):
+        ax = axes[n // cols][n % cols]
+        values = [t.get(key) for t, _ in scored]
+        scores = [s for _, s in scored]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            ax.scatter(values, scores, s=36, color="tab:blue", alpha=0.8)
+            positive = [v for v in values if v > 0]
+            if len(positive) == len(values) and max(values) / min(values) > 100:
+                ax.set_xscale("log")
+        else:
+            categories = list(dict.fromkeys(str(v) for v in values))
+            xs = [categories.index(str(v)) for v in values]
+            ax.scatter(xs, scores, s=36, color="tab:blue", alpha=0.8)
+            ax.set_xticks(range(len(categories)))
+            ax.set_xticklabels(categories, rotation=30 if max(map(len, categories)) > 8 else 0, ha="right"
+                               if max(map(len, categories)) > 8 else "center", fontsize=8)
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        ax.set(xlabel=key, ylabel=label)
+        ax.grid(alpha=0.3)
+    for n in range(len(keys), rows * cols):
+        axes[n // cols][n % cols].axis("off")
+    fig.suptitle(f"{label} against each key the sweep varied (one point per trial)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

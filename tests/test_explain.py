@@ -617,7 +617,7 @@ def test_plot_bad_names(tmp_path):
     out = tmp_path / "plots"
     assert_user_error(invoke("plot", "activation", "sigmod", "--out", out), "sigmod", "did you mean 'sigmoid'")
     assert_user_error(invoke("plot", "loss", "binary_crossentropy", "mse2", "--out", out), "did you mean 'mse'")
-    assert_user_error(invoke("plot", "activations", "--out", out), "expected activation or loss", "activations")
+    assert_user_error(invoke("plot", "activations", "--out", out), "expected activation, loss or dynamics", "activations")
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -35,27 +35,85 @@ def visualize(
 
 @user_errors
 def plot(
-    kind: str = typer.Argument(..., help="activation or loss."),
-    names: List[str] = typer.Argument(None, help="Names (default: every one registered, without aliases)."),
-    out: Path = typer.Option(Path("plots"), "--out", help="Output folder."),
+    kind: str = typer.Argument(..., help="activation, loss, or dynamics."),
+    names: List[str] = typer.Argument(None, help="activation or loss: names (default: every one registered, "
+                                                 "without aliases); dynamics: run folders (default: the most "
+                                                 "recent run; several are overlaid)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="activation or loss: output folder (default: plots); "
+                                                           "dynamics: the PNG file (default: RUN_DIR/dynamics.png, "
+                                                           "or dynamics_compare.png in the first run's folder)."),
+    runs_dir: Path = RUNS_DIR,
 ) -> None:
-    """PNG of the paper's activations (Table 2) or losses (Table 1) with their derivatives."""
+    """PNG of the paper's activations (Table 2) or losses (Table 1) with their derivatives,
+    or of a run's training dynamics (per layer: delta, gradient and update norms, saturation)."""
+    if kind == "dynamics":
+        say(f"wrote {plot_dynamics([Path(n) for n in names or []], out, runs_dir)}")
+        return
     from cnncli.nn.activations import ACTIVATIONS
     from cnncli.nn.losses import LOSSES
     from cnncli.visualize import function_plot_png
 
     registry = {"activation": ACTIVATIONS, "loss": LOSSES}.get(kind)
     if registry is None:
-        raise CnnCliError(f"plot: expected activation or loss; got {kind!r}")
+        raise CnnCliError(f"plot: expected activation, loss or dynamics; got {kind!r}")
     every = [n for n, obj in registry.items() if getattr(obj, "name", n) == n]  # swish is silu: once
     names = names or every
     for name in names:
         registry.get(name, kind)
+    out = out or Path("plots")
     out.mkdir(parents=True, exist_ok=True)
     label = "all" if sorted(set(names)) == every else "_".join(names)
     say(f"wrote {function_plot_png(kind, names, out / f'{kind}_{label}.png')}")
 
 
+def plot_dynamics(run_dirs: list[Path], out: Optional[Path], runs_dir: Path) -> Path:
+    """dynamics.png of one run, or the runs overlaid (``plot dynamics``, ``compare --dynamics``)."""
+    from cnncli.experiment import read_run_dynamics
+    from cnncli.runs import resolve_run_dir
+    from cnncli.visualize import dynamics_png
+
+    paths = [resolve_run_dir(p, runs_dir) for p in run_dirs] or [resolve_run_dir(None, runs_dir)]
+    series = [(p.name, read_run_dynamics(p)) for p in paths]
+    if out is None:
+        out = paths[0] / ("dynamics.png" if len(paths) == 1 else "dynamics_compare.png")
+    elif out.is_dir():
+        out = out / ("dynamics.png" if len(paths) == 1 else "dynamics_compare.png")
+    if out.suffix.lower() != ".png":
+        raise CnnCliError(f"--out: expected a .png file or a folder; got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return dynamics_png(series, out)
+
+
+@user_errors
+def report(
+    target: Optional[Path] = typer.Argument(None, help="A run folder or a sweep folder (default: the most recent "
+                                                       "run)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file (default: TARGET/report.html)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="best or last (default: the "
+                                                                              "config's eval.checkpoint)."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Show the run's eval.json instead of evaluating again."),
+    runs_dir: Path = RUNS_DIR,
+) -> None:
+    """One self-contained HTML page of a run (evaluation, curves, dynamics, Table 5, config)
+    or of a sweep (leaderboard, every trial's curves, the metric against each key)."""
+    from cnncli.report import write_report
+    from cnncli.runs import checkpoint_name, resolve_run_dir
+
+    if checkpoint is not None:
+        checkpoint_name(checkpoint)
+    if out is not None and out.suffix.lower() not in (".html", ".htm"):
+        raise CnnCliError(f"--out: expected an .html file; got {out}")
+    if target is None:
+        target = resolve_run_dir(None, runs_dir)
+    elif not target.is_dir():
+        raise CnnCliError(f"{target}: no such folder (give a run folder or a sweep folder)")
+    written, notes = write_report(target, out, checkpoint=checkpoint, evaluate=not no_eval)
+    for line in notes:
+        say(f"note: {line}", error=True)
+    say(f"wrote {written}")
+
+
 def add_commands(app: typer.Typer) -> None:
     app.command()(visualize)
     app.command()(plot)
+    app.command()(report)

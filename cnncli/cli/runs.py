@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -82,14 +82,24 @@ def flatten(obj, prefix: str = "") -> dict:
 
 
 @user_errors
-def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run folders.")) -> None:
-    """Metrics side by side, and the config keys that differ."""
+def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run folders."),
+            dynamics: bool = typer.Option(False, "--dynamics", help="Also overlay the runs' training dynamics "
+                                                                    "in one PNG."),
+            out: Optional[Path] = typer.Option(None, "--out", help="With --dynamics: the PNG file (default: "
+                                                                   "dynamics_compare.png in the first run's folder).")
+            ) -> None:
+    """Metrics side by side, and the config keys that differ; --dynamics overlays the
+    runs' training dynamics (for example SGD against Adam on the same network)."""
     from cnncli import runs as rs
     from cnncli.yamlfiles import read
 
     if len(run_dirs) < 2:
         raise CnnCliError("compare: give at least two run folders")
     paths = [rs.resolve_run_dir(p) for p in run_dirs]
+    if dynamics:  # checked before anything is printed: a run without dynamics is one line
+        from cnncli.cli.pictures import plot_dynamics
+
+        written = plot_dynamics(paths, out, Path("runs"))
     per_run = [run_figures(p) for p in paths]
     columns = [("", "left")] + [(p.name, "right") for p in paths]
     console.print(table("metrics", columns, [[key, *(r[key] for r in per_run)] for key in per_run[0]]))
@@ -98,9 +108,11 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run fol
                  if k != "name" and len({json.dumps(c.get(k)) for c in configs}) > 1]
     if not differing:
         say("configs are identical (but for the name)")
-        return
-    console.print(table("config differences", [("key", "left")] + [(p.name, "left") for p in paths],
-                        [[k, *(json.dumps(c.get(k)) if k in c else "-" for c in configs)] for k in differing]))
+    else:
+        console.print(table("config differences", [("key", "left")] + [(p.name, "left") for p in paths],
+                            [[k, *(json.dumps(c.get(k)) if k in c else "-" for c in configs)] for k in differing]))
+    if dynamics:
+        say(f"wrote {written}")
 
 
 def add_commands(app: typer.Typer) -> None:

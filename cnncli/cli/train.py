@@ -12,9 +12,10 @@ from cnncli.cli.common import SET, console, err_console, say, user_errors
 from cnncli.cli.data import announce_fetch
 from cnncli.cli.inspect import summary_table
 from cnncli.errors import CnnCliError
+from cnncli.training import Callback
 
 
-class ProgressDisplay:
+class ProgressDisplay(Callback):
     """A rich progress bar per epoch with loss, accuracy and images/s; one line per
     epoch when the output is not a terminal."""
 
@@ -42,9 +43,6 @@ class ProgressDisplay:
         if self.progress is not None:
             self.progress.update(self.task, completed=batch,
                                  stats=f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_second:,.0f} img/s")
-
-    def on_step_end(self, state):
-        pass
 
     def on_interrupt(self, state):
         self._stop()
@@ -103,6 +101,13 @@ def print_outcome(run) -> None:
     if run.result.stopped_early:
         say(f"stopped early after epoch {run.history[-1].epoch}")
     say(f"run: {run.path}")
+    if run.config["train"]["report"]:
+        from cnncli.report import run_report
+
+        written, notes = run_report(run.path)
+        for line in notes:
+            say(f"note: {line}", error=True)
+        say(f"report: {written}")
 
 
 @user_errors
