@@ -25,7 +25,15 @@ def print_report(path: Path, checkpoint: str, report: dict) -> None:
                                                                                       "support")],
                         [[n, f"{report['precision'][i]:.4f}", f"{report['recall'][i]:.4f}", f"{report['f1'][i]:.4f}",
                           str(report["support"][i])] for i, n in enumerate(names)]))
-    say(f"written to {path / 'eval.json'}")
+    averages = [[kind, *(f"{report[kind][m]:.4f}" for m in ("precision", "recall", "f1"))]
+                for kind in ("macro", "weighted")]
+    console.print(table("averages", [("", "left")] + [(c, "right") for c in ("precision", "recall", "F1")], averages))
+    extra = [f"top-{k} accuracy {v:.4f}" for k, v in report.get("top_k_accuracy", {}).items()]
+    if report.get("roc_auc") is not None:
+        extra.append(f"ROC AUC {report['roc_auc']:.4f} ({names[1] if len(names) > 1 else 'class 1'} positive)")
+    if extra:
+        say("   ".join(extra))
+    say(f"written to {path / 'eval.json'}" + "".join(f", {path / p}" for p in report.get("pictures", [])))
 
 
 @user_errors
@@ -52,27 +60,45 @@ def eval_(
 @user_errors
 def predict(
     paths: List[Path] = typer.Argument(..., help="[RUN_DIR] IMAGE...: a run folder (default: the most recent) "
-                                            "and image files."),
+                                            "and image files, folders of images or glob patterns."),
     checkpoint: str = CHECKPOINT,
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a CSV: path, class, probability and one "
+                                                           "probability column per class."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse a file that is not a readable image (default: "
+                                                        "skip it and list it)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     runs_dir: Path = RUNS_DIR,
 ) -> None:
-    """Class and probability for each image."""
+    """Class and probability for each image (files, folders, or glob patterns such as 'shots/*.jpg')."""
     from cnncli.experiment import predict as run_predict
-    from cnncli.runs import checkpoint_name, resolve_run_dir
+    from cnncli.experiment import predictions_csv
+    from cnncli.runs import atomic_write_text, checkpoint_name, resolve_run_dir
 
     checkpoint_name(checkpoint)
-    given = paths[0] if paths and paths[0].is_dir() else None
+    if out is not None and out.suffix.lower() != ".csv":
+        raise CnnCliError(f"--out: expected a .csv file; got {out}")
+    given = paths[0] if paths and (paths[0] / "config.yaml").is_file() else None
     images = paths[1:] if given is not None else paths
     run_dir = resolve_run_dir(given, runs_dir)
     if not images:
-        raise CnnCliError("predict: give at least one image file")
-    results = run_predict(run_dir, [str(p) for p in images], checkpoint=checkpoint)
+        raise CnnCliError("predict: give at least one image file, folder or pattern")
+    found = run_predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, strict=strict)
+    for path, why in found.skipped:
+        say(f"skipped {path}: not a readable image ({why})", error=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, predictions_csv(found))
     if as_json:
-        print(json.dumps(results, indent=2))
-        return
-    console.print(table(f"{run_dir} ({checkpoint})", [("image", "left"), ("class", "left"), ("probability", "right")],
-                        [[r["image"], r["class"], f"{r['probability']:.4f}"] for r in results]))
+        print(json.dumps(found.rows, indent=2))
+    else:
+        console.print(table(f"{run_dir} ({checkpoint})", [("image", "left"), ("class", "left"),
+                                                          ("probability", "right")],
+                            [[r["image"], r["class"], f"{r['probability']:.4f}"] for r in found.rows]))
+    if found.skipped:
+        say(f"{len(found.rows)} images predicted, {len(found.skipped)} files skipped (--strict refuses them)",
+            error=True)
+    if out is not None:
+        say(f"wrote {out}", error=as_json)
 
 
 def add_commands(app: typer.Typer) -> None:
