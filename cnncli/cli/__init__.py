@@ -4,11 +4,12 @@
 module         commands
 =============  ==================================================
 train.py       train (and --resume)
+lr_find.py     lr-find (the learning-rate range test)
 evaluate.py    eval, predict
 inspect.py     summary, explain, gradcheck, components
-pictures.py    visualize, plot
+pictures.py    visualize, plot, report
 sweep.py       sweep
-runs.py        runs, compare
+runs.py        runs, compare (--dynamics)
 data.py        data list, data fetch, data info, data add
 common.py      consoles, the one-line error form, shared options
 =============  ==================================================
@@ -22,7 +23,7 @@ from __future__ import annotations
 import typer
 
 import cnncli
-from cnncli.cli import data, evaluate, inspect, pictures, runs, sweep, train
+from cnncli.cli import data, evaluate, inspect, lr_find, pictures, runs, sweep, train
 from cnncli.cli.common import console, user_errors
 
 app = typer.Typer(
@@ -49,7 +50,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     user_errors(parallel.threads_from_environment)()  # a bad CNNCLI_THREADS: one line, before any work
 
 
-for _module in (train, evaluate, inspect, pictures, sweep, runs, data):
+for _module in (train, lr_find, evaluate, inspect, pictures, sweep, runs, data):
     _module.add_commands(app)
 
 __all__ = ["app"]
