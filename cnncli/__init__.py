@@ -6,6 +6,8 @@ The Python API (imported lazily, so that ``import cnncli.nn`` stays pure NumPy):
 * ``cnncli.build(config)`` -> ``network, loss, optimizer``
 * ``cnncli.train(config, runs_dir="runs")`` -> a Run (folder path, history, best epoch)
 * ``cnncli.evaluate_run(run_dir)`` and ``cnncli.predict(run_dir, images)``
+* ``cnncli.find_lr(config)`` -> the learning-rate range test (``cnncli lr-find``)
+* ``cnncli.write_report(run_or_sweep_dir)`` -> report.html (``cnncli report``)
 """
 
 __version__ = "0.1.0"
@@ -17,6 +19,8 @@ _LAZY = {
     "train": ("cnncli.experiment", "train"),
     "evaluate_run": ("cnncli.experiment", "evaluate_run"),
     "predict": ("cnncli.experiment", "predict"),
+    "find_lr": ("cnncli.lr_find", "find_lr"),
+    "write_report": ("cnncli.report", "write_report"),
 }
 
 
