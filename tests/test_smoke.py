@@ -23,3 +23,23 @@ def test_readme_example_learns_a_little():
     y = rng.integers(0, 2, 32)
     values = [net.train_step(x, y, loss, opt)[0] for _ in range(3)]
     assert values[-1] < values[0]
+
+
+def test_readme_python_api_block_runs_as_printed(tmp_path, monkeypatch):
+    """The ```python block under "## Python API", run unchanged from a folder holding the
+    shipped configs, as a reader of the README would run it."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    shutil.copytree(root / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md (Python API)", "exec"), namespace)  # the README's own code, not config values
+    run = namespace["run"]
+    assert (run.path / "report.html").is_file() and namespace["page"] == run.path / "report.html"
+    assert namespace["lr_test"].path.is_dir() and namespace["report"]["examples"] > 0
