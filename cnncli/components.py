@@ -21,6 +21,7 @@ def describe_components(kind: str | None = None) -> list[list[str]]:
     for registry in ([REGISTRIES[kind]] if kind else REGISTRIES.values()):
         for name, obj in registry.items():
             names, required = allowed_keys(obj)
+            names = names | set(registry.common_keys)
             keys = ", ".join(f"{k}*" if k in required else k for k in sorted(names))
             origin = registry.origin(name)
             doc = (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")

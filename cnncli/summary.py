@@ -58,6 +58,17 @@ class Summary:
     optimizer: str = ""
     #: Layers left out of the FLOP totals because they declare none ("layers[3] (my_layer)").
     undeclared: list[str] = field(default_factory=list)
+    #: Parameters of layers frozen with ``trainable: false`` (Keras's "non-trainable").
+    non_trainable: int = 0
+
+    @property
+    def trainable(self) -> int:
+        return self.params - self.non_trainable
+
+    def trainable_text(self) -> str:
+        """``trainable 1,024,500, non-trainable 210,293 (frozen)``, or "" when nothing is frozen."""
+        return (f"trainable {self.trainable:,}, non-trainable {self.non_trainable:,} (frozen)"
+                if self.non_trainable else "")
 
     @property
     def step_flops_per_example(self) -> float:
@@ -129,7 +140,8 @@ def layer_row(index: int, layer: Layer, first: bool = False) -> Row:
         raise ConfigError(f"model.layers[{index}]", "", None, raw=(
             f"{layer.type_name}: parameter_calculation() gives {calc!r}, which is not its {weights + biases:,} "
             "parameters"))
-    return Row(index, layer.label(), tuple(layer.output_shape), calc or "-", weights, biases, weights + biases,
+    label = layer.label() + ("" if layer.trainable else ", frozen")
+    return Row(index, label, tuple(layer.output_shape), calc or "-", weights, biases, weights + biases,
                layer.forward_flops(), layer.backward_flops(input_grad=not first))
 
 
@@ -147,7 +159,8 @@ def summarize(network: Network, optimizer: dict | None = None, batch_size: int =
                    sum(r.flops or 0 for r in rows), str(network.dtype),
                    backward_flops=sum(r.backward_flops or 0 for r in rows),
                    update_flops=update_flops(network, optimizer) if optimizer else 0, batch_size=batch_size,
-                   optimizer=(optimizer or {}).get("name", ""), undeclared=undeclared)
+                   optimizer=(optimizer or {}).get("name", ""), undeclared=undeclared,
+                   non_trainable=sum(r.params for r, layer in zip(rows, network.layers) if not layer.trainable))
 
 
 SOURCES = ("Figures come from the network built on the config's input shape: parameter counts are the sizes of "
@@ -192,7 +205,8 @@ def to_markdown(s: Summary) -> str:
     lines.append(f"| | **total** | | | **{s.weights:,}** | **{s.biases:,}** | **{s.params:,}** | **{s.flops:,}** "
                  f"| **{s.backward_flops:,}** |")
     lines += ["", f"Parameters: {s.params:,} = {s.weights:,} weights + {s.biases:,} biases "
-              f"({human_bytes(s.param_bytes)}). Activations per example: {human_bytes(s.activation_bytes)}. "
+              f"({human_bytes(s.param_bytes)}{'; ' + s.trainable_text() if s.non_trainable else ''}). "
+              f"Activations per example: {human_bytes(s.activation_bytes)}. "
               f"Per example: forward {human_flops(s.flops)}, backward {human_flops(s.backward_flops)}."]
     if s.batch_size:
         if s.update_flops is None:

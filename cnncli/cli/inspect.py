@@ -30,7 +30,9 @@ def summary_table(summary, flops: bool = True) -> Table:
     out.add_row("", "total", "", "", f"{summary.weights:,}", f"{summary.biases:,}", f"{summary.params:,}",
                 f"{summary.flops:,}", *([f"{summary.backward_flops:,}"] if flops else []), style="bold")
     caption = (f"{summary.params:,} parameters = {summary.weights:,} weights + {summary.biases:,} biases "
-               f"({human_bytes(summary.param_bytes)}); activations {human_bytes(summary.activation_bytes)} "
+               f"({human_bytes(summary.param_bytes)})"
+               + (f", {summary.trainable_text()}" if summary.non_trainable else "")
+               + f"; activations {human_bytes(summary.activation_bytes)} "
                f"per example; forward {human_flops(summary.flops)} per example")
     if flops and summary.batch_size:
         update = ("n/a (the optimizer declares none)" if summary.update_flops is None

@@ -139,6 +139,18 @@ def check_network(network, loss, x: np.ndarray, y: np.ndarray, *, max_entries: i
     """
     if network.dtype != np.float64:
         raise ValueError("gradient checks need a float64 network")
+    # A frozen layer's gradients are still mathematics to prove: check it as if trainable.
+    frozen = [layer for layer in network.layers if not layer.trainable]
+    for layer in frozen:
+        layer.trainable = True
+    try:
+        return _check_network(network, loss, x, y, max_entries=max_entries, seed=seed, h=h)
+    finally:
+        for layer in frozen:
+            layer.trainable = False
+
+
+def _check_network(network, loss, x, y, *, max_entries, seed, h) -> list[dict]:
     rng = np.random.default_rng(seed)
     x = np.ascontiguousarray(x, dtype=np.float64)
     fused = network.uses_logits(loss)

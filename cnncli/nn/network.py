@@ -95,7 +95,8 @@ class Network:
         return last.activation if isinstance(last, ActivatedLayer) else make_activation(None)
 
     def config(self) -> list[dict]:
-        return [layer.config() for layer in self.layers]
+        """Each layer's keyword arguments, with ``trainable: false`` on a frozen one."""
+        return [{**layer.config(), **({} if layer.trainable else {"trainable": False})} for layer in self.layers]
 
     # -- computation ----------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = False, *, logits: bool = False,
@@ -124,10 +125,16 @@ class Network:
         first layer skips that product and None is returned). ``probe`` sees the delta
         that reaches each step.
         """
-        self.layers[0].needs_input_grad = input_grad
+        # Below the lowest layer with trainable parameters nothing needs a gradient (frozen
+        # layers at the bottom of a fine-tuned network): the pass stops there.
+        lowest = 0 if input_grad else self.lowest_trainable()
+        for j, layer in enumerate(self.layers):
+            layer.needs_input_grad = input_grad or j > lowest
         last = len(self.steps) - 1
         with parallel.engine():
             for i in range(last, -1, -1):
+                if max(self.steps[i].indices) < lowest:
+                    break
                 if probe is not None:
                     probe.backward(self.steps[i], dy)
                 dy = self.steps[i].backward(dy, logits=logits and i == last)
@@ -183,7 +190,7 @@ class Network:
         """Forward, backward and one optimizer update; returns (loss value, predictions)."""
         with parallel.engine():
             value, out = self.loss_and_gradients(x, y, loss, training=True)
-            optimizer.step(self.parameters(), self.gradients())
+            optimizer.step(self.trainable_parameters(), self.gradients())
         return value, out
 
     def predict(self, x: np.ndarray, batch_size: int = 256, loss: Loss | None = None) -> np.ndarray:
@@ -196,12 +203,22 @@ class Network:
 
     # -- parameters and state ---------------------------------------------------------
     def parameters(self) -> dict[str, np.ndarray]:
-        """Trainable arrays by name (the arrays themselves: optimizers update them in place)."""
+        """Every parameter by name, frozen layers' too (the arrays themselves)."""
         return {f"layers.{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l.params.items()}
 
+    def trainable_parameters(self) -> dict[str, np.ndarray]:
+        """The parameters an optimizer updates (in place): those of layers not frozen with
+        ``trainable: false``."""
+        return {f"layers.{i}.{k}": v for i, l in enumerate(self.layers) if l.trainable for k, v in l.params.items()}
+
     def gradients(self) -> dict[str, np.ndarray]:
-        """dL/d(parameter) from the last backward pass, keyed like :meth:`parameters`."""
-        return {f"layers.{i}.{k}": l.grads[k] for i, l in enumerate(self.layers) for k in l.params}
+        """dL/d(parameter) from the last backward pass, keyed like :meth:`trainable_parameters`."""
+        return {f"layers.{i}.{k}": l.grads[k] for i, l in enumerate(self.layers) if l.trainable for k in l.params}
+
+    def lowest_trainable(self) -> int:
+        """Index of the lowest layer with trainable parameters (the number of layers when
+        there is none)."""
+        return next((i for i, l in enumerate(self.layers) if l.trainable and l.params), len(self.layers))
 
     def buffers(self) -> dict[str, np.ndarray]:
         return {f"layers.{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l.buffers.items()}

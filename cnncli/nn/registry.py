@@ -85,6 +85,11 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, tuple[T, Origin | None]] = {}
         self._listeners: list[Callable[[str, T, Origin | None], None]] = []
+        #: Keys every entry of this kind takes, handled here rather than by each
+        #: constructor: ``{key: check(path, value) -> value}``; :func:`construct` sets
+        #: the checked value as an attribute of the object it builds (``trainable`` on
+        #: every layer, built-in or plugin).
+        self.common_keys: dict[str, Callable[[str, object], object]] = {}
 
     def add(self, name: str, obj: T, origin: Origin | None = None) -> T:
         """Register ``obj`` as ``name``; a name taken by another source is refused."""
@@ -279,10 +284,12 @@ def construct(registry: Registry, spec: object, path: str, *, key: str = "name")
     else:
         raise ConfigError(path, f"{article(registry.kind)} name or a mapping with '{key}'", spec)
     cls = registry.get(name, f"{path}.{key}" if isinstance(spec, dict) else path)
+    common = {k: check(f"{path}.{k}" if path else k, kwargs.pop(k))
+              for k, check in registry.common_keys.items() if k in kwargs}
     names, required = allowed_keys(cls)
     for k in kwargs:
         if k not in names:
-            allowed = ", ".join(sorted(names | {key})) or "none"
+            allowed = ", ".join(sorted(names | {key} | set(registry.common_keys))) or "none"
             raise ConfigError(f"{path}.{k}" if path else str(k), "", None,
                               raw=f"unknown key for {registry.kind} {name!r}{did_you_mean(str(k), names)}; "
                                   f"allowed keys: {allowed}")
@@ -291,6 +298,9 @@ def construct(registry: Registry, spec: object, path: str, *, key: str = "name")
             raise ConfigError(f"{path}.{k}" if path else k, "", None,
                               raw=f"missing; {registry.kind} {name!r} requires it")
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except ConfigError as err:
         raise err.prefixed(path) from None
+    for k, value in common.items():
+        setattr(obj, k, value)
+    return obj

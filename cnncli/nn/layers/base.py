@@ -24,11 +24,20 @@ import numpy as np
 
 from cnncli.nn.activations import Activation, make_activation
 from cnncli.nn.describe import Equation, Explanation, batch_shape, docstring_notes
-from cnncli.nn.errors import ShapeError
+from cnncli.nn.errors import ConfigError, ShapeError
 from cnncli.nn.initializers import initialize, make_initializer
 from cnncli.nn.registry import Component, Registry, placeholder
 
 LAYERS: Registry = Registry("layer")
+
+
+def _trainable(path: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, "true or false", value)
+    return value
+
+
+LAYERS.common_keys["trainable"] = _trainable
 
 
 class Layer(Component):
@@ -43,6 +52,10 @@ class Layer(Component):
     #: the shape ``setup`` announced (on for layers from plugins; the built-ins are
     #: proven by their tests).
     check_output_shape = True
+    #: ``trainable: false`` in a config (any layer, plugins' too) freezes the layer's
+    #: parameters: the optimizer never sees them (no update, no state, no weight decay)
+    #: and backward skips their gradients (``needs_param_grads``).
+    trainable = True
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls, *args, **kwargs)
@@ -105,8 +118,14 @@ class Layer(Component):
         return self.params[name]
 
     def config(self) -> dict:
-        """The keyword arguments that rebuild this layer (``type`` included)."""
+        """The keyword arguments that rebuild this layer (``type`` included; the network
+        adds ``trainable: false`` for a frozen layer, whatever a subclass returns here)."""
         return {"type": self.type_name, **self.init_arguments()}
+
+    @property
+    def needs_param_grads(self) -> bool:
+        """Whether backward must compute the parameters' gradients (not for a frozen layer)."""
+        return self.trainable
 
     # -- computation --------------------------------------------------------------
     @placeholder

@@ -209,9 +209,10 @@ class Conv2D(ActivatedLayer):
         if self.implementation == "reference":
             dx, dw, db = conv_reference.backward(self._x, dz, self.params["kernel"], self.pads, self.stride,
                                                  self.dilation, self.out_hw, self.needs_input_grad)
-            self.grads["kernel"] = dw
-            if self.use_bias:
-                self.grads["bias"] = db
+            if self.needs_param_grads:
+                self.grads["kernel"] = dw
+                if self.use_bias:
+                    self.grads["bias"] = db
             return dx
         return self.backward_rows(dz)
 
@@ -276,8 +277,10 @@ class Conv2D(ActivatedLayer):
 
     def backward_rows(self, dz: np.ndarray, blocks: tuple[int, int] | None = None) -> np.ndarray | None:
         """The fast backward pass from dL/dz in the row order of :meth:`forward_rows`:
-        fills ``grads``, returns dL/dx (N, H, W, C), or None for the first layer."""
-        self._weight_gradient(dz)
+        fills ``grads`` (not for a frozen layer), returns dL/dx (N, H, W, C), or None when
+        nothing below needs it."""
+        if self.needs_param_grads:
+            self._weight_gradient(dz)
         if not self.needs_input_grad:
             return None
         return crop(self._input_gradient(dz, blocks), self.pads)

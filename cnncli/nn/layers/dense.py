@@ -146,15 +146,18 @@ class Dense(ActivatedLayer):
 
     def backward_linear(self, dz):
         x, kernel = self._x, self.params["kernel"]
-        grad = self.grads["kernel"] = np.empty(kernel.shape, dtype=dz.dtype)  # (D, U)
+        grad = np.empty(kernel.shape, dtype=dz.dtype) if self.needs_param_grads else None  # (D, U)
         dx = np.empty(x.shape, dtype=dz.dtype) if self.needs_input_grad else None  # (N, D)
 
         def products(a, b):  # input features a..b: rows a..b of dW, columns a..b of dX
-            np.matmul(x[:, a:b].T, dz, out=grad[a:b])
+            if grad is not None:
+                np.matmul(x[:, a:b].T, dz, out=grad[a:b])
             if dx is not None:
                 np.matmul(dz, kernel[a:b].T, out=dx[:, a:b])
 
         parallel.run(products, parallel.chunks(kernel.shape[0], parallel.work(macs=2 * dz.size)))
-        if self.use_bias:
-            self.grads["bias"] = dz.sum(axis=0)
+        if grad is not None:
+            self.grads["kernel"] = grad
+            if self.use_bias:
+                self.grads["bias"] = dz.sum(axis=0)
         return dx

@@ -150,6 +150,9 @@ class BatchNorm(Layer):
     def forward(self, x, training=False):
         axes = tuple(range(x.ndim - 1))
         gamma, beta = self.params["gamma"], self.params["beta"]
+        # Frozen (trainable: false), it normalizes with its running statistics and leaves
+        # them alone, as Keras does: fine-tuning must not drift what it froze.
+        training = training and self.trainable
         self._training = training
         if training:
             m = x.size // x.shape[-1]
@@ -175,7 +178,8 @@ class BatchNorm(Layer):
         xhat, inv_std, gamma = self._xhat, self._inv_std, self.params["gamma"]
         dbeta = dy.sum(axis=axes)
         dgamma = (dy * xhat).sum(axis=axes)
-        self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+        if self.needs_param_grads:
+            self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
         if not self._training:
             return dy * (gamma * inv_std)
         m = dy.size // dy.shape[-1]
