@@ -34,6 +34,9 @@ from cnncli.nn.validate import known_keys
 from cnncli.runs import CHECKPOINTS, sanitize_name
 
 SECTIONS = ("name", "seed", "plugins", "data", "model", "loss", "optimizer", "train", "eval")
+#: Sections kept only when given: where the weights start (``--init-from``), and the keys
+#: a resume changed (written by cnncli into a run's config.yaml).
+OPTIONAL_SECTIONS = ("init_from", "history")
 DATA_SOURCES = ("synthetic", "image_folder", "npz", "idx", "csv", "caltech101", "mnist", "fashion_mnist", "cifar10")
 NORMALIZATIONS = ("scale", "standardize", "none")
 
@@ -147,6 +150,9 @@ def _paths_from(raw: object, folder: Path) -> None:
             value = data.get(key)
             if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
                 data[key] = os.path.normpath(os.path.join(os.path.abspath(folder), value))
+    init = raw.get("init_from") if isinstance(raw, dict) else None
+    if isinstance(init, str) and init and not os.path.isabs(os.path.expanduser(init)):
+        raw["init_from"] = os.path.normpath(os.path.join(os.path.abspath(folder), init))
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -212,7 +218,7 @@ def parse_key_path(key: str) -> list[str | int]:
 def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, check_memory: bool = True,
             base_dir: str | Path = ".") -> dict:
     """Validate ``raw`` and return the resolved config dict (defaults filled in)."""
-    known_keys(raw, SECTIONS, "")
+    known_keys(raw, SECTIONS + OPTIONAL_SECTIONS, "")
     out: dict[str, Any] = {}
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
@@ -231,6 +237,9 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
     # Build the network's shapes on the declared input shape (nothing allocated): shape
     # errors surface now, and a run too large for this machine is refused before it starts.
     network = build_network(out, allocate=False)
+    if network.parameter_count() and network.lowest_trainable() == len(network.layers):
+        raise ConfigError("model.layers", "", None, raw="every layer with parameters is frozen (trainable: false): "
+                                                        "nothing would train")
     loss, class_weight, optimizer = resolve_objective(raw, network)
     out["loss"], out["optimizer"] = {**loss.config(), "class_weight": class_weight}, optimizer.config()
     # Components registered from an importable module without plugins: a run keeps them too.
@@ -239,7 +248,29 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
         from cnncli.resources import check_memory as refuse_oversized
 
         refuse_oversized(network, out["train"]["batch_size"], len(optimizer.slots), out["eval"]["batch_size"])
-    return {key: out[key] for key in SECTIONS}
+    if raw.get("init_from") is not None:
+        out["init_from"] = resolve_init_from(raw["init_from"])
+    if raw.get("history"):
+        history = raw["history"]
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise ConfigError("history", "a list of mappings (cnncli writes it when a resume changes keys)", history)
+        out["history"] = history
+    return {key: out[key] for key in SECTIONS + OPTIONAL_SECTIONS if key in out}
+
+
+def resolve_init_from(value: object) -> dict:
+    """``init_from``: ``"RUN_DIR[:best|last]"`` or ``"FILE.npz"`` (a string), or the
+    mapping a run records (``{path, checkpoint, ...}``): resolved to a mapping."""
+    expected = "a run folder (RUN_DIR, RUN_DIR:best, RUN_DIR:last) or a checkpoint .npz"
+    if isinstance(value, str) and value.strip():
+        from cnncli.transfer import parse_spec
+
+        path, which = parse_spec(value)
+        return {"path": str(path), "checkpoint": which}
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        known_keys(value, ("path", "checkpoint", "epoch", "loaded", "kept"), "init_from")
+        return dict(value)
+    raise ConfigError("init_from", expected, value)
 
 
 def build_network(values: dict, *, allocate: bool = True):

@@ -26,7 +26,7 @@ from cnncli.builder import build
 from cnncli.config import Config, load_config
 from cnncli.data import (Dataset, Split, apply_normalization, class_weights, load_dataset, normalization_of,
                          seeded_rng, undo_normalization)
-from cnncli.errors import CheckpointError, DataError, RunFolderError
+from cnncli.errors import CheckpointError, ConfigError, DataError, RunFolderError
 from cnncli.metrics import (class_probabilities, classification_scores, confusion_matrix, per_class_scores,
                             predicted_classes)
 from cnncli.resources import check_disk
@@ -85,6 +85,7 @@ class RunWriter(Callback):
     def _meta(self, state: TrainState) -> dict:
         return {"epoch": state.epoch, "batch": state.batch, "step": self.optimizer.t,
                 "train_state": state.as_dict(), "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                "schedule_state": self.optimizer.schedule.state_dict(),
                 "layer_rngs": {str(i): l.rng.bit_generator.state for i, l in enumerate(self.network.layers)
                                if getattr(l, "rng", None) is not None}}
 
@@ -166,11 +167,19 @@ def prepare(config: Config | dict | str, overrides=(), runs_dir: str | Path = "r
     return config, built, data
 
 
+def schedule_notes(optimizer, values: dict, train_examples: int) -> list[str]:
+    """What the schedule has to say about a run of this length (a warmup longer than it)."""
+    steps_per_epoch = -(-train_examples // values["train"]["batch_size"])
+    return optimizer.schedule.run_notes(values["train"]["epochs"] * steps_per_epoch)
+
+
 def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "runs", name: str | None = None,
           callbacks: tuple[Callback, ...] = (), on_ready=None, handle_signals: bool = True,
-          exact_name: bool = False, on_fetch=None) -> Run:
+          exact_name: bool = False, on_fetch=None, on_init=None, on_notice=None) -> Run:
     """Train a config into a new run folder and return the :class:`Run`.
 
+    With ``init_from`` in the config, the network starts from another run's weights
+    (:func:`start_from`); ``on_init(rows, record)`` hears what was loaded, layer by layer.
     ``on_ready(run_dir, config, network, dataset)`` is called once the folder exists,
     before the first epoch (the CLI prints the summary there). With ``handle_signals``,
     Ctrl-C or SIGTERM stops after the current step with a checkpoint (``run.status`` is
@@ -179,6 +188,10 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     config, built, data = prepare(config, overrides, runs_dir, on_fetch)
     network, loss, optimizer = built
     values = config.values
+    loaded = None
+    if values.get("init_from"):  # checked and loaded before any folder exists
+        loaded = start_from(network, values["init_from"])
+        values = config.values = {**values, "init_from": loaded["record"]}
     slots = len(optimizer.slots)
     check_disk(runs_dir, (1 + slots) * network.parameter_count() * network.dtype.itemsize)
     run_dir = runs.create_run_dir(runs_dir, name or values["name"], exact=exact_name)
@@ -190,6 +203,10 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     runs.write_json(run_dir / "data.json", {"class_names": data.class_names, "normalization": data.normalization,
                                             **{k: v for k, v in data.info.items() if k != "classes"}})
     runs.atomic_write_text(run_dir / "summary.md", "# Summary\n\n" + to_markdown(summarize(network)))
+    if loaded is not None and on_init is not None:
+        on_init(loaded["rows"], loaded["record"])
+    for line in schedule_notes(optimizer, values, len(data.train)) if on_notice is not None else ():
+        on_notice(line)
     if on_ready is not None:
         on_ready(run_dir, config, network, data)
     shuffle_rng = seeded_rng(values["seed"], SHUFFLE_STREAM)
@@ -197,22 +214,79 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
                     handle_signals)
 
 
-def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_ready=None,
-           handle_signals: bool = True, on_notice=None, on_fetch=None) -> Run:
-    """Continue an interrupted (or failed, or killed) run from ``checkpoints/last.npz``.
+def start_from(network, init: dict) -> dict:
+    """Load the weights ``init`` (``{path, checkpoint}``) names into ``network``, layer by
+    layer (``cnncli.transfer``): ``{"rows": per layer, "record": what config.yaml keeps}``."""
+    from cnncli.transfer import load_matching, open_source
 
-    Same data order, generator states, optimizer state and schedule: the finished run
-    is identical, bit for bit, to one that was never interrupted. Plugins run from the
-    run folder's copies; ``on_notice(line)`` hears of originals edited since.
+    spec = init["path"] + (f":{init['checkpoint']}" if init.get("checkpoint") else "")
+    source = open_source(spec)
+    rows = load_matching(network, source)
+    record = {"path": str(Path(init["path"]).resolve()), "checkpoint": init.get("checkpoint")
+              or ("best" if Path(init["path"]).is_dir() else None), "epoch": source.epoch,
+              "loaded": [r["layer"] for r in rows if r["loaded"]],
+              "kept": [r["layer"] for r in rows if not r["loaded"] and r["why"] != "no parameters"]}
+    return {"rows": rows, "record": record}
+
+
+#: What a resume may change (``--set``): keys that change neither the network nor the data.
+RESUME_KEYS = ("train.epochs", "optimizer.lr", "optimizer.schedule", "train.early_stopping",
+               "train.checkpoint_every", "train.dynamics", "train.report")
+
+
+def changed_keys(before: dict, after: dict) -> dict[str, tuple]:
+    """Dotted key -> (before, after) for every resolved value that differs."""
+    a, b = flat_values(before), flat_values(after)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if json.dumps(a.get(k)) != json.dumps(b.get(k))}
+
+
+def flat_values(obj, prefix: str = "") -> dict:
+    """Nested values as ``{"optimizer.lr": 0.01, "model.layers[0].filters": 8}``."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flat_values(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        for i, v in enumerate(obj):
+            out.update(flat_values(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = obj
+    return out
+
+
+def resume(run_dir: str | Path, *, overrides=(), callbacks: tuple[Callback, ...] = (), on_ready=None,
+           handle_signals: bool = True, on_notice=None, on_fetch=None) -> Run:
+    """Continue a run from ``checkpoints/last.npz``: an interrupted (or failed, or killed)
+    one, or a completed one given more ``train.epochs``.
+
+    Same data order, generator states, optimizer state and schedule: without
+    ``overrides`` the finished run is identical, bit for bit, to one that was never
+    interrupted. ``overrides`` (``--set``) may change only :data:`RESUME_KEYS`; the run's
+    config.yaml records them under ``history`` with the epoch they took effect, and
+    ``on_notice`` says once that the run takes a new trajectory from there (or, for
+    ``train.epochs`` alone, how far it now goes). Plugins run from the run folder's
+    copies; ``on_notice(line)`` also hears of originals edited since.
     """
     run_dir = runs.resolve_run_dir(run_dir)
-    status = runs.read_status(run_dir).get("status")
-    if status == "completed":
-        raise RunFolderError(f"{run_dir}: the run has completed; nothing to resume")
-    config = load_config(run_dir / "config.yaml", check_paths=True)
+    status = runs.read_status(run_dir)
+    recorded = load_config(run_dir / "config.yaml", check_paths=True)
+    config = load_config(recorded, overrides, check_paths=True) if overrides else recorded
+    changed = {k: v for k, v in changed_keys(recorded.values, config.values).items() if not k.startswith("history")}
+    for key in changed:
+        if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUME_KEYS):
+            raise ConfigError(key, "", None, raw=f"--set {key}: a resume cannot change it (it changes the network "
+                                                 "or the data); it may change " + ", ".join(RESUME_KEYS))
     for line in plugins.changed_originals(config["plugins"], run_dir):
         if on_notice is not None:
             on_notice(line)
+    if status.get("status") == "completed":
+        done = status.get("epoch", 0)
+        if status.get("stopped_early") and not any(k.startswith("train.early_stopping") for k in changed):
+            raise RunFolderError(f"{run_dir}: the run stopped early at epoch {done}; continue it with --set "
+                                 "train.early_stopping=null (or a larger train.early_stopping.patience)")
+        if not status.get("stopped_early") and config["train"]["epochs"] <= done:
+            raise RunFolderError(f"{run_dir}: the run has completed its {done} epochs; continue it with --set "
+                                 f"train.epochs={2 * done} (any number above {done})")
     config, built, data = prepare(config, (), run_dir.parent, on_fetch)
     network, loss, optimizer = built
     last = run_dir / "checkpoints" / "last.npz"
@@ -222,7 +296,7 @@ def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_read
     params, optim_state, meta = runs.load_checkpoint(last)
     try:
         network.load_state_dict(params)
-        optimizer.load_state_dict(optim_state, network.parameters())
+        optimizer.load_state_dict(optim_state, network.trainable_parameters())
     except CheckpointError as err:
         raise CheckpointError(f"{last}: {err}") from None
     shuffle_rng = seeded_rng(config["seed"], SHUFFLE_STREAM)
@@ -232,6 +306,8 @@ def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_read
             network.layers[int(i)].rng.bit_generator.state = state
         train_state = TrainState.from_dict(meta["train_state"])
         resumed_from = meta["step"]
+        if meta.get("schedule_state") and not any(k.startswith("optimizer.schedule") for k in changed):
+            optimizer.schedule.load_state_dict(meta["schedule_state"])
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise CheckpointError(f"{last}: its meta data does not hold a training state to resume from "
                               f"({type(err).__name__}: {err})") from None
@@ -243,6 +319,23 @@ def resume(run_dir: str | Path, *, callbacks: tuple[Callback, ...] = (), on_read
             network.check_state(best_state)
         except CheckpointError as err:
             raise CheckpointError(f"{writer_best}: {err}") from None
+    if changed:
+        history = list(config.values.get("history") or [])
+        history.append({"epoch": train_state.epoch, "step": optimizer.t,
+                        "set": {k: {"from": a, "to": b} for k, (a, b) in changed.items()}})
+        config.values = {**config.values, "history": history}
+        runs.atomic_write_text(run_dir / "config.yaml", yamlfiles.dump(config.values))
+        if on_notice is not None:
+            what = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changed.items())
+            if set(changed) == {"train.epochs"}:
+                on_notice(f"continuing to epoch {config['train']['epochs']} ({what}); the epochs done stay as "
+                          "they were")
+            else:
+                on_notice(f"resuming after epoch {train_state.epoch} (step {optimizer.t}) with {what}: from "
+                          "here the run takes a new trajectory (a run with these settings from the start would "
+                          "differ); config.yaml records it under history")
+    for line in schedule_notes(optimizer, config.values, len(data.train)) if on_notice is not None else ():
+        on_notice(line)
     runs.write_status(run_dir, "running", epoch=train_state.epoch, step=optimizer.t, resumed_from=resumed_from)
     if on_ready is not None:
         on_ready(run_dir, config, network, data)

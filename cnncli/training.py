@@ -139,7 +139,7 @@ class DynamicsSchedule:
 def record_dynamics(network: Network, probe: Probe, before: dict, grad_norms: dict, *, epoch: int, batch: int,
                     step: int, lr: float, examples: int) -> dict:
     """One row of ``dynamics.jsonl``: where in training, and each layer's figures."""
-    params = parameter_dynamics(before, network.parameters(), grad_norms)
+    params = parameter_dynamics(before, network.trainable_parameters(), grad_norms)
     return {"epoch": epoch, "batch": batch, "step": step, "lr": lr, "examples": examples,
             "layers": layer_records(network, probe, params)}
 
@@ -206,7 +206,7 @@ def _apply_update(network: Network, optimizer: Optimizer, value: float, on_nan: 
     pass; ``skip_batch`` measures the norm first, so a dropped batch leaves no trace."""
     if not math.isfinite(value):
         return False
-    params, grads = network.parameters(), network.gradients()
+    params, grads = network.trainable_parameters(), network.gradients()
     if on_nan == "skip_batch":
         norm = optimizer.gradient_norm(grads)
         if not math.isfinite(norm):
@@ -276,7 +276,7 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
                 if probe is not None:  # the gradients and weights as the update finds them
                     lr = optimizer.current_lr()
                     grad_norms = {k: norm(g) for k, g in network.gradients().items()}
-                    before = {k: v.astype(np.float64) for k, v in network.parameters().items()}
+                    before = {k: v.astype(np.float64) for k, v in network.trainable_parameters().items()}
                 if _apply_update(network, optimizer, value, on_nan):
                     state.loss_sum += value if loss.reduction == "sum" else value * len(idx)
                     state.correct += int(np.sum(predicted_classes(out) == yb))
@@ -319,6 +319,8 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
                                seconds=seconds, images_per_second=n / max(seconds, 1e-9),
                                skipped_batches=state.skipped)
         result.history.append(metrics)
+        # Before the callbacks: the checkpoint they write holds the schedule's new state.
+        optimizer.schedule.epoch_end(metrics.as_dict())
         value = getattr(metrics, monitor)
         improved = value is not None and math.isfinite(value) and (state.best_value is None or (
             value > state.best_value + min_delta if mode_max else value < state.best_value - min_delta))

@@ -67,20 +67,6 @@ def run_figures(path: Path) -> dict[str, str]:
             "seconds": f"{sum(r['seconds'] for r in rows):.1f}" if rows else ""}
 
 
-def flatten(obj, prefix: str = "") -> dict:
-    """Nested config values as ``{"optimizer.lr": 0.01, "model.layers[0].filters": 8}``."""
-    out = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
-        for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}[{i}]"))
-    else:
-        out[prefix] = obj
-    return out
-
-
 @user_errors
 def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run folders."),
             dynamics: bool = typer.Option(False, "--dynamics", help="Also overlay the runs' training dynamics "
@@ -91,6 +77,7 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run fol
     """Metrics side by side, and the config keys that differ; --dynamics overlays the
     runs' training dynamics (for example SGD against Adam on the same network)."""
     from cnncli import runs as rs
+    from cnncli.experiment import flat_values
     from cnncli.yamlfiles import read
 
     if len(run_dirs) < 2:
@@ -103,7 +90,7 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run fol
     per_run = [run_figures(p) for p in paths]
     columns = [("", "left")] + [(p.name, "right") for p in paths]
     console.print(table("metrics", columns, [[key, *(r[key] for r in per_run)] for key in per_run[0]]))
-    configs = [flatten(read(p / "config.yaml")) for p in paths]
+    configs = [flat_values(read(p / "config.yaml")) for p in paths]
     differing = [k for k in sorted(set().union(*configs))
                  if k != "name" and len({json.dumps(c.get(k)) for c in configs}) > 1]
     if not differing:

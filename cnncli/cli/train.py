@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,6 +14,7 @@ from cnncli.cli.data import announce_fetch
 from cnncli.cli.inspect import summary_table
 from cnncli.errors import CnnCliError
 from cnncli.training import Callback
+from cnncli.transfer import parse_spec
 
 
 class ProgressDisplay(Callback):
@@ -83,6 +85,18 @@ def print_ready(run_dir, cfg, network, data) -> None:
         f"run folder {run_dir}")
 
 
+def print_init(rows: list[dict], record: dict) -> None:
+    """What --init-from loaded, layer by layer, and what kept its initialization."""
+    from cnncli.cli.common import table
+
+    title = f"weights from {record['path']}" + (f" ({record['checkpoint']}, epoch {record['epoch']})"
+                                                if record.get("checkpoint") else "")
+    say(title)
+    console.print(table("", [("#", "right"), ("layer", "left"), ("", "left"), ("", "left")],
+                        [[str(r["layer"]), r["label"], "loaded" if r["loaded"] else
+                          ("-" if r["why"] == "no parameters" else "initialized"), r["why"]] for r in rows]))
+
+
 def print_outcome(run) -> None:
     """How a run ended: interrupted (exit 130, with how to go on), or its best epoch."""
     if run.status == "interrupted":
@@ -116,8 +130,10 @@ def train(
     set_: List[str] = SET,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are created."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder.",
-                                          file_okay=False),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder: an interrupted one, or "
+                                          "a completed one with --set train.epochs=MORE.", file_okay=False),
+    init_from: Optional[str] = typer.Option(None, "--init-from", metavar="RUN_DIR[:best|last]|FILE.npz",
+                                            help="Start from another run's weights, matched layer by layer."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table or progress bars."),
 ) -> None:
     """Train CONFIG into a new run folder under runs/ (or continue one with --resume).
@@ -129,15 +145,23 @@ def train(
 
     if (config is None) == (resume is None):
         raise CnnCliError("train: give a CONFIG file, or --resume RUN_DIR (not both)")
-    if resume is not None and (set_ or name):
-        raise CnnCliError("train --resume continues a run with its own config: --set and --name do not apply")
+    if resume is not None and (name or init_from):
+        raise CnnCliError("train --resume continues a run in its own folder from its own weights: --name and "
+                          "--init-from do not apply")
     shown = {"on_ready": None if quiet else print_ready, "callbacks": () if quiet else (ProgressDisplay(),),
              "on_fetch": announce_fetch}
     try:
         if resume is not None:
-            run = experiment.resume(resume, on_notice=lambda line: say(f"note: {line}", error=True), **shown)
+            run = experiment.resume(resume, overrides=set_, on_notice=lambda line: say(f"note: {line}", error=True),
+                                    **shown)
         else:
-            run = experiment.train(str(config), overrides=set_, runs_dir=runs_dir, name=name, **shown)
+            overrides = list(set_)
+            if init_from is not None:  # relative to where the command runs, as any path given on the command line
+                path, which = parse_spec(init_from)
+                overrides.append(f"init_from={json.dumps(str(path.resolve()) + (f':{which}' if which else ''))}")
+            run = experiment.train(str(config), overrides=overrides, runs_dir=runs_dir, name=name,
+                                   on_init=None if quiet else print_init,
+                                   on_notice=lambda line: say(f"note: {line}", error=True), **shown)
     except KeyboardInterrupt:
         err_console.print("stopped at once: the last checkpoint and every finished epoch are kept "
                           "(status.json says interrupted); continue with cnncli train --resume RUN_DIR")
