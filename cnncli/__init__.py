@@ -8,6 +8,7 @@ The Python API (imported lazily, so that ``import cnncli.nn`` stays pure NumPy):
 * ``cnncli.evaluate_run(run_dir)`` and ``cnncli.predict(run_dir, images)``
 * ``cnncli.find_lr(config)`` -> the learning-rate range test (``cnncli lr-find``)
 * ``cnncli.write_report(run_or_sweep_dir)`` -> report.html (``cnncli report``)
+* ``cnncli.export_run(run_dir, "onnx" | "npz")`` -> the exported files (``cnncli export``)
 """
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ _LAZY = {
     "predict": ("cnncli.experiment", "predict"),
     "find_lr": ("cnncli.lr_find", "find_lr"),
     "write_report": ("cnncli.report", "write_report"),
+    "export_run": ("cnncli.export", "export_run"),
 }
 
 

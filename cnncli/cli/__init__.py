@@ -6,6 +6,7 @@ module         commands
 train.py       train (and --resume)
 lr_find.py     lr-find (the learning-rate range test)
 evaluate.py    eval, predict
+export.py      export (ONNX, or weights.npz + model.json)
 inspect.py     summary, explain, gradcheck, components
 pictures.py    visualize, plot, report
 sweep.py       sweep
@@ -23,7 +24,7 @@ from __future__ import annotations
 import typer
 
 import cnncli
-from cnncli.cli import data, evaluate, inspect, lr_find, pictures, runs, sweep, train
+from cnncli.cli import data, evaluate, export, inspect, lr_find, pictures, runs, sweep, train
 from cnncli.cli.common import console, user_errors
 
 app = typer.Typer(
@@ -50,7 +51,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     user_errors(parallel.threads_from_environment)()  # a bad CNNCLI_THREADS: one line, before any work
 
 
-for _module in (train, lr_find, evaluate, inspect, pictures, sweep, runs, data):
+for _module in (train, lr_find, evaluate, export, inspect, pictures, sweep, runs, data):
     _module.add_commands(app)
 
 __all__ = ["app"]
