@@ -222,8 +222,9 @@ def start_from(network, init: dict) -> dict:
     spec = init["path"] + (f":{init['checkpoint']}" if init.get("checkpoint") else "")
     source = open_source(spec)
     rows = load_matching(network, source)
-    record = {"path": str(Path(init["path"]).resolve()), "checkpoint": init.get("checkpoint")
-              or ("best" if Path(init["path"]).is_dir() else None), "epoch": source.epoch,
+    origin = source.checkpoint.parent.parent if source.types is not None else source.checkpoint  # run or file
+    record = {"path": str(origin.resolve()), "checkpoint": init.get("checkpoint")
+              or ("best" if source.types is not None else None), "epoch": source.epoch,
               "loaded": [r["layer"] for r in rows if r["loaded"]],
               "kept": [r["layer"] for r in rows if not r["loaded"] and r["why"] != "no parameters"]}
     return {"rows": rows, "record": record}

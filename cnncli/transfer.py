@@ -16,6 +16,7 @@ The checkpoint is read with ``runs.load_checkpoint``: plain arrays only
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def open_source(spec: str, base_dir: Path | None = None) -> Source:
     path, which = parse_spec(spec)
     if base_dir is not None and not path.is_absolute():
         path = base_dir / path
+    if not path.exists() and glob.has_magic(str(path)):
+        # runs/*-paper:best: the shell leaves the pattern alone (":best" matches no file name)
+        matches = sorted(glob.glob(str(path)))
+        if len(matches) > 1:
+            raise RunFolderError(f"init_from: {path}: the pattern matches {len(matches)} paths "
+                                 f"({', '.join(Path(m).name for m in matches[:3])}{', ...' if len(matches) > 3 else ''}); "
+                                 "name one")
+        path = Path(matches[0]) if matches else path
     if path.is_dir():
         if not runs.is_run_dir(path):
             raise RunFolderError(f"init_from: {path}: not a run folder (no config.yaml and status.json) nor a "

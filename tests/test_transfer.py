@@ -315,3 +315,19 @@ def test_a_warmup_longer_than_the_run_is_said_once_and_still_trains(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**TINY, "optimizer": {"name": "adam", "schedule": {"name": "warmup", "steps": 0}}}))
     assert_user_error(invoke("train", bad, "--runs-dir", tmp_path / "x"), "optimizer.schedule.steps")
+
+
+def test_init_from_a_pattern_that_names_one_run(tmp_path, monkeypatch):
+    """runs/*-tiny:best reaches cnncli as typed (the shell matches no file with ':best' in
+    its name): one match is the run, several are refused."""
+    monkeypatch.chdir(tmp_path)
+    first = cnncli.train(TINY, runs_dir="runs").path
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    res = invoke("train", path, "--init-from", "runs/*-tiny:best", "--runs-dir", "new", "-q")
+    assert_ok(res)
+    (run,) = [p for p in (tmp_path / "new").iterdir() if not p.name.startswith(".")]
+    assert yaml.safe_load((run / "config.yaml").read_text())["init_from"]["path"] == str(first.resolve())
+    cnncli.train({**TINY, "name": "tiny2"}, runs_dir="runs")
+    assert_user_error(invoke("train", path, "--init-from", "runs/*:best", "--runs-dir", "other"),
+                      "matches 2 paths", "name one")
