@@ -19,6 +19,7 @@ their run folder as a compressed archive, so no shared filesystem is assumed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -37,10 +38,17 @@ from typing import Any, Callable
 from cnncli import plugins, runs, yamlfiles
 from cnncli.config import apply_override, load_config
 from cnncli.errors import ConfigError, InputError, RunFolderError
-from cnncli.nn.validate import known_keys
+from cnncli.nn.validate import did_you_mean, known_keys
 from cnncli.runs import sanitize_name
+from cnncli.training import Callback, TrialPruned
 
-SWEEP_KEYS = ("base", "name", "overrides", "grid", "random", "metric", "mode", "jobs", "seed")
+SWEEP_KEYS = ("base", "name", "overrides", "grid", "random", "metric", "mode", "jobs", "seed", "search", "n_trials",
+              "pruner")
+#: Searches that Optuna samples (cnncli.search); grid and random are expanded up front here.
+SAMPLED = ("tpe", "cmaes", "qmc")
+SEARCHES = ("grid", "random") + SAMPLED
+PRUNERS = {"none": {}, "median": {"n_startup_trials": 5, "n_warmup_steps": 1},
+           "hyperband": {"min_resource": 1, "max_resource": "auto", "reduction_factor": 3}}
 METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 
@@ -61,11 +69,27 @@ class SweepSpec:
     #: The base config as read when the sweep was made: resume reruns trials from it, so an
     #: edited or deleted base file cannot make rerun trials differ from completed ones.
     base_config: dict | None = None
+    #: grid or random (expanded up front), or tpe, cmaes, qmc (sampled by Optuna, trial by
+    #: trial: ``trials`` grows as they are asked; the study database is the record).
+    search: str = "grid"
+    #: How many trials a sampled search runs.
+    n_trials: int | None = None
+    #: ``{name: none | median | hyperband, ...its settings}`` (sampled searches).
+    pruner: dict | None = None
+    #: The Optuna study's name in study.db: the folder's name and a random suffix, so that
+    #: another sweep's database is told apart even when made in the same second.
+    study: str | None = None
+
+    @property
+    def sampled(self) -> bool:
+        return self.search in SAMPLED
 
     def as_dict(self) -> dict:
         return {"base": self.base, "name": self.name, "overrides": self.overrides, "grid": self.grid,
                 "random": self.random, "metric": self.metric, "mode": self.mode, "seed": self.seed,
-                "jobs": self.jobs, "trials": [{"index": i, "overrides": t} for i, t in enumerate(self.trials)],
+                "jobs": self.jobs, "search": self.search, "n_trials": self.n_trials, "pruner": self.pruner,
+                "study": self.study,
+                "trials": [{"index": i, "overrides": t} for i, t in enumerate(self.trials)],
                 "base_config": self.base_config}
 
 
@@ -110,22 +134,31 @@ def make_spec(target: str, *, grid_options=(), overrides=(), name=None, metric=N
         if file_jobs is not None and (not isinstance(file_jobs, int) or isinstance(file_jobs, bool) or file_jobs < 1):
             raise ConfigError("jobs", "a positive int", file_jobs, source=target)
         source = target
+        search = {k: raw.get(k) for k in ("search", "n_trials", "pruner")}
     else:
         base, spec_grid, spec_random, sweep_name, fixed = str(Path(target).absolute()), {}, {}, Path(target).stem, []
         file_metric = file_mode = file_seed = file_jobs = None
         source = "--grid"
+        search = {}
+    given = set()
     for item in grid_options:
         key, values = parse_grid_option(item)
+        if key in given:  # two --grid options for one key: never silently keep the last
+            raise ConfigError(f"--grid {key}", "", None, raw="given twice; give every value in one --grid "
+                                                             f"{key}=V1,V2,...")
+        given.add(key)
         spec_grid[key] = values
     spec = SweepSpec(base=base, name=sanitize_name(name or sweep_name), overrides=fixed + list(overrides),
                      grid=spec_grid, random=spec_random, metric=metric or file_metric or "val_accuracy",
                      mode=mode or file_mode or "", seed=seed if seed is not None else (file_seed or 0),
-                     jobs=file_jobs)
+                     jobs=file_jobs, search=search.get("search") or ("random" if spec_random and not spec_grid
+                                                                      else "grid"),
+                     n_trials=search.get("n_trials"), pruner=search.get("pruner"))
     _check_spec(spec, source)
     spec.base_config = yamlfiles.read(base)
     if not isinstance(spec.base_config, dict):
         raise ConfigError("", "", None, raw=f"{base}: expected a config mapping")
-    spec.trials = expand(spec)
+    spec.trials = [] if spec.sampled else expand(spec)
     return spec
 
 
@@ -133,6 +166,10 @@ def _check_spec(spec: SweepSpec, source: str) -> None:
     def bad(path, expected, got):
         return ConfigError(path, expected, got, source=source if source != "--grid" else None)
 
+    if spec.search not in SEARCHES:
+        raise ConfigError("search", "", None, source=source if source != "--grid" else None,
+                          raw=f"expected one of {', '.join(SEARCHES)}; got {spec.search!r}"
+                              f"{did_you_mean(spec.search, SEARCHES)}")
     if not isinstance(spec.grid, dict):
         raise bad("grid", "a mapping of dotted keys to lists of values", spec.grid)
     for key, values in spec.grid.items():
@@ -140,7 +177,7 @@ def _check_spec(spec: SweepSpec, source: str) -> None:
             raise bad(f"grid.{key}", "a non-empty list of values", values)
     if not isinstance(spec.random, dict):
         raise bad("random", "a mapping with n_trials and dotted keys", spec.random)
-    n = spec.random.get("n_trials", 1 if not spec.random else None)
+    n = spec.random.get("n_trials", 1 if not spec.random or spec.search in SAMPLED else None)
     if spec.random and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise bad("random.n_trials", "a positive int", n)
     for key, choice in spec.random.items():
@@ -155,8 +192,8 @@ def _check_spec(spec: SweepSpec, source: str) -> None:
             except ConfigError as err:
                 raise err.in_file(source if source != "--grid" else None) from None
             low, high = choice.get("low"), choice.get("high")
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
-                raise bad(f"random.{key}", "{low: number, high: number} with low <= high", choice)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+                raise bad(f"random.{key}", "{low: number, high: number} with low < high", choice)
             if choice.get("log") and low <= 0:
                 raise bad(f"random.{key}.low", "a number > 0 for a log range", low)
         else:
@@ -171,6 +208,23 @@ def _check_spec(spec: SweepSpec, source: str) -> None:
         raise bad("seed", "an int", spec.seed)
     if not spec.grid and not spec.random:
         raise bad("grid", "at least one --grid KEY=V1,V2 or a grid:/random: section", None)
+    if spec.sampled:
+        if spec.n_trials is None and spec.random.get("n_trials"):
+            spec.n_trials = spec.random["n_trials"]
+        n = spec.n_trials
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise bad("n_trials", f"a positive int: how many trials {spec.search} samples", n)
+        pruner = spec.pruner if isinstance(spec.pruner, dict) else {"name": spec.pruner or "none"}
+        name = pruner.get("name", "none")
+        if name not in PRUNERS:
+            raise ConfigError("pruner.name", "", None, source=source if source != "--grid" else None,
+                              raw=f"unknown pruner {name!r}{did_you_mean(name, PRUNERS)}; expected one of: "
+                                  f"{', '.join(PRUNERS)}")
+        known_keys({k: v for k, v in pruner.items() if k != "name"}, PRUNERS[name], "pruner")
+        spec.pruner = {"name": name, **PRUNERS[name], **pruner}
+    elif spec.n_trials is not None or spec.pruner not in (None, "none", {"name": "none"}):
+        raise bad("search", "tpe, cmaes or qmc for n_trials and pruner (grid and random run every trial)",
+                  spec.search)
 
 
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -215,31 +269,51 @@ def trial_configs(spec: SweepSpec, folder: Path | None = None) -> list[dict]:
 
     Plugin paths are relative to the base config's folder, or to the sweep ``folder``
     once it holds their copies (``Sweep.create``)."""
-    configs = []
+    return [trial_config(spec, trial, i, folder) for i, trial in enumerate(spec.trials)]
+
+
+def trial_config(spec: SweepSpec, trial: dict[str, Any], index: int, folder: Path | None = None) -> dict:
+    """One trial's validated config values (see :func:`trial_configs`)."""
     base_dir = folder if folder is not None and (folder / plugins.FOLDER).is_dir() else Path(spec.base).parent
     base_raw = spec.base_config if spec.base_config is not None else yamlfiles.read(spec.base)
     if not isinstance(base_raw, dict):
         raise ConfigError("", "", None, raw=f"{spec.base}: expected a config mapping")
-    for i, trial in enumerate(spec.trials):
-        raw = copy.deepcopy(base_raw)
-        try:
-            for item in spec.overrides + override_strings(trial):
-                apply_override(raw, item)
-            config = load_config(raw, base_dir=base_dir)
-        except ConfigError as err:
-            desc = ", ".join(f"{k}={v}" for k, v in trial.items())
-            raise ConfigError("", "", None, raw=f"{spec.base}: trial {i} ({desc}): {err}") from None
-        values = config.values
-        values["name"] = f"trial-{i:03d}"
-        configs.append(values)
-    return configs
+    raw = copy.deepcopy(base_raw)
+    try:
+        for item in spec.overrides + override_strings(trial):
+            apply_override(raw, item)
+        config = load_config(raw, base_dir=base_dir)
+    except ConfigError as err:
+        desc = ", ".join(f"{k}={v}" for k, v in trial.items())
+        raise ConfigError("", "", None, raw=f"{spec.base}: trial {index} ({desc}): {err}") from None
+    values = config.values
+    values["name"] = f"trial-{index:03d}"
+    return values
 
 
 # ------------------------------------------------------------------------------ trials
+class PruneReporter(Callback):
+    """After each epoch, report the sweep's metric to the pruner (``channel.report``) and
+    stop the trial at once (:class:`TrialPruned`) when it says so."""
+
+    def __init__(self, channel, metric: str):
+        self.channel, self.metric = channel, metric
+
+    def on_epoch_end(self, metrics, improved, state) -> None:
+        values = metrics.as_dict()
+        value = values.get(self.metric)
+        if value is None and self.metric.startswith("val_"):  # no validation split: the training figure
+            value = values.get(self.metric[4:])
+        if self.channel.report(metrics.epoch, value):
+            raise TrialPruned(f"pruned after epoch {metrics.epoch} ({self.metric} {value})")
+
+
 def run_trial(index: int, values: dict, target: str | None, threads: int | None = None,
-              plugin_files: dict[str, bytes] | None = None) -> dict:
+              plugin_files: dict[str, bytes] | None = None, prune=None, metric: str = "val_accuracy") -> dict:
     """Run one trial (in a worker). With ``target`` None the run folder comes back as bytes;
-    ``plugin_files`` (by SHA-256) bring the plugins' sources to a worker on another machine."""
+    ``plugin_files`` (by SHA-256) bring the plugins' sources to a worker on another machine;
+    ``prune`` (a ``cnncli.search.PruneChannel``) hears ``metric`` after each epoch and may
+    stop the trial (status ``pruned``)."""
     if threads:
         _limit_threads(threads)
     from cnncli.experiment import train
@@ -251,8 +325,12 @@ def run_trial(index: int, values: dict, target: str | None, threads: int | None 
         values = {**values, "plugins": plugins.write_files(values["plugins"], plugin_files,
                                                            workdir / f".plugins-{index}")}
     try:
-        run = train(values, runs_dir=workdir, name=values["name"], handle_signals=False, exact_name=True)
+        callbacks = (PruneReporter(prune, metric),) if prune is not None else ()
+        run = train(values, runs_dir=workdir, name=values["name"], handle_signals=False, exact_name=True,
+                    callbacks=callbacks)
         record.update(status="completed", path=run.path.name, metrics=_trial_metrics(run.history))
+    except TrialPruned as err:
+        record.update(status="pruned", reason=str(err))
     except InputError as err:
         record.update(reason=f"{type(err).__name__}: {err}")
     except Exception as err:  # a trial's bug must not end the sweep; its reason is recorded
@@ -268,7 +346,7 @@ def run_trial(index: int, values: dict, target: str | None, threads: int | None 
                 tar.add(folder, arcname=folder.name)
         record["archive"] = buf.getvalue()
         shutil.rmtree(workdir, ignore_errors=True)
-    if record["status"] == "failed" and "metrics" not in record:
+    if record["status"] in ("failed", "pruned") and "metrics" not in record:
         history = runs.read_metrics(folder) if folder.exists() else []
         record["metrics"] = _trial_metrics_rows(history)
     return record
@@ -318,6 +396,10 @@ class Sweep:
         if base.get("plugins"):  # the sweep keeps its own copies, as the base config was read
             resolved = plugins.resolve(base["plugins"], Path(spec.base).parent)
             spec.base_config = {**base, "plugins": plugins.copy_into(folder, resolved)}
+        if spec.sampled:
+            import uuid
+
+            spec.study = f"cnncli-{folder.name}-{uuid.uuid4().hex[:8]}"
         sweep = cls(folder, spec)
         runs.atomic_write_text(folder / "sweep.yaml", yamlfiles.dump(spec.as_dict()))
         sweep.save()
@@ -337,11 +419,14 @@ class Sweep:
         return cls(folder, spec, records)
 
     def save(self) -> None:
+        if self.spec.sampled:  # the trials grow as Optuna asks for them: sweep.yaml lists them
+            runs.atomic_write_text(self.folder / "sweep.yaml", yamlfiles.dump(self.spec.as_dict()))
         runs.write_json(self.folder / "trials.json", {str(k): v for k, v in sorted(self.records.items())})
         self.write_results()
 
     def pending(self) -> list[int]:
-        return [i for i in range(len(self.spec.trials)) if self.records.get(i, {}).get("status") != "completed"]
+        return [i for i in range(len(self.spec.trials))
+                if self.records.get(i, {}).get("status") not in ("completed", "pruned")]
 
     def varying_keys(self) -> list[str]:
         keys = []
@@ -445,10 +530,43 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+@contextlib.contextmanager
+def sweep_tracking(sweep: Sweep, base_values: dict, on_warning=None):
+    """The sweep's MLflow parent run around its trials (``cnncli.tracking``; nothing when
+    the base config does not track): yields its id, for ``tracking.trial_tracking``."""
+    from cnncli import tracking
+
+    settings = base_values.get("tracking")
+    parent = tracking.start_parent(sweep.folder, sweep.spec.as_dict(), settings, on_warning=on_warning)
+    status = "failed"
+    try:
+        yield parent
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        best = sweep.best_trial()
+        metrics = {f"best_{sweep.spec.metric}": sweep.score(sweep.records[best])} if best is not None else {}
+        tracking.finish_parent(sweep.folder, parent, settings, status, metrics=metrics, on_warning=on_warning)
+
+
 def run_sweep(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: str | None = None,
-              on_update: Callable[[str, int, dict | None], None] | None = None) -> Sweep:
-    """Run every pending trial; ``on_update(event, index, record)`` reports started/finished."""
+              on_update: Callable[[str, int, dict | None], None] | None = None, on_warning=None) -> Sweep:
+    """Run every pending trial; ``on_update(event, index, record)`` reports started/finished;
+    ``on_warning(line)`` hears of a tracking server that stopped answering."""
+    if sweep.spec.sampled:  # Optuna asks for the trials one by one: a layer above this one
+        raise ValueError(f"search: {sweep.spec.search} sweeps run with cnncli.search.run_search")
     configs = trial_configs(sweep.spec, sweep.folder)  # validated up front, before any trial starts
+    with sweep_tracking(sweep, configs[0], on_warning) as parent:
+        from cnncli.tracking import trial_tracking
+
+        configs = [trial_tracking(c, parent) for c in configs]
+        return _run_pending(sweep, configs, jobs, executor, address, on_update)
+
+
+def _run_pending(sweep: Sweep, configs: list[dict], jobs: int, executor: str, address: str | None,
+                 on_update) -> Sweep:
     pending = sweep.pending()
     for i in pending:  # a trial that was running or failed starts again from nothing
         folder = sweep.folder / f"trial-{i:03d}"
@@ -487,16 +605,30 @@ def threads_per_worker(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(jobs, 1))
 
 
+@contextlib.contextmanager
+def blas_threads(threads: int):
+    """BLAS's thread count for the worker processes started inside (read when a worker
+    imports numpy); this process's settings come back afterwards."""
+    saved = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    for v in saved:
+        os.environ[v] = str(threads)
+    try:
+        yield
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
 def _run_local_pool(sweep: Sweep, configs, pending, jobs: int, notify) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     threads = threads_per_worker(jobs)
-    saved = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    for v in saved:  # read by BLAS when a worker imports numpy
-        os.environ[v] = str(threads)
-    try:
+    with blas_threads(threads):
         ctx = multiprocessing.get_context("spawn")
         queue = list(pending)
         while queue:  # a worker that dies (killed, out of memory) breaks its pool: go on in a new one
@@ -528,12 +660,6 @@ def _run_local_pool(sweep: Sweep, configs, pending, jobs: int, notify) -> None:
                             record = {"index": i, "status": "failed", "reason": f"worker failed: {err}",
                                       "metrics": {}}
                         _finish(sweep, i, record, notify)
-    finally:
-        for v, old in saved.items():
-            if old is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = old
 
 
 def _run_dask(sweep: Sweep, configs, pending, address: str | None, notify) -> None:

@@ -46,6 +46,11 @@ class NonFiniteError(InputError):
     exit_code = 1
 
 
+class TrialPruned(Exception):
+    """Raised by a callback after an epoch to stop a sweep's trial that its pruner judged
+    hopeless: the run keeps every epoch and checkpoint it finished, with status ``pruned``."""
+
+
 @dataclass
 class EpochMetrics:
     epoch: int
