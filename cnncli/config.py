@@ -34,9 +34,10 @@ from cnncli.nn.validate import known_keys
 from cnncli.runs import CHECKPOINTS, sanitize_name
 
 SECTIONS = ("name", "seed", "plugins", "data", "model", "loss", "optimizer", "train", "eval")
-#: Sections kept only when given: where the weights start (``--init-from``), and the keys
-#: a resume changed (written by cnncli into a run's config.yaml).
-OPTIONAL_SECTIONS = ("init_from", "history")
+#: Sections kept only when given: where the weights start (``--init-from``), the keys
+#: a resume changed (written by cnncli into a run's config.yaml), and where the run is
+#: logged besides its folder (``tracking``: MLflow, see cnncli.tracking).
+OPTIONAL_SECTIONS = ("init_from", "history", "tracking")
 DATA_SOURCES = ("synthetic", "image_folder", "npz", "idx", "csv", "caltech101", "mnist", "fashion_mnist", "cifar10")
 NORMALIZATIONS = ("scale", "standardize", "none")
 
@@ -255,7 +256,84 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
         if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
             raise ConfigError("history", "a list of mappings (cnncli writes it when a resume changes keys)", history)
         out["history"] = history
+    if raw.get("tracking") is not None:
+        out["tracking"] = resolve_tracking(raw["tracking"], out["name"])
     return {key: out[key] for key in SECTIONS + OPTIONAL_SECTIONS if key in out}
+
+
+# ``tracking.mlflow``: the keys and their defaults (cnncli.tracking does the logging).
+MLFLOW_DEFAULTS = {
+    "enabled": True,           # false keeps the settings but logs nothing
+    "uri": None,               # $CNNCLI_MLFLOW_URI, else $MLFLOW_TRACKING_URI, else MLFLOW_DEFAULT_URI
+    "experiment": None,        # the config's name
+    "artifact_location": None,  # for a new experiment; a SQLite store's default: mlartifacts/ beside the database
+    "log_checkpoints": False,  # checkpoints/*.npz as artifacts too (they can be large)
+    "parent_run_id": None,     # set by cnncli sweep: the trial's MLflow run is nested under the sweep's
+}
+MLFLOW_URI_ENV = "CNNCLI_MLFLOW_URI"
+#: MLflow's own default store since 3.0: ``mlflow ui`` run in the same folder shows the runs.
+MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def resolve_tracking(raw: object, config_name: str) -> dict:
+    """``tracking: {mlflow: {...}}`` (``mlflow: true`` or ``{}`` for the defaults, ``false``
+    for off), every key written out.
+
+    The store's URI is resolved now (the key, else ``$CNNCLI_MLFLOW_URI``, else
+    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``), and a relative SQLite or file
+    location is made absolute from the current folder, as MLflow reads it: the run's
+    config.yaml then names one store, so a resume or a sweep's worker logs to the same
+    place from any folder. Nothing here imports MLflow or reaches the store; a run checks
+    both before it starts (cnncli.tracking.connect).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("tracking", "a mapping such as {mlflow: {experiment: NAME}}", raw)
+    known_keys(raw, ("mlflow",), "tracking")
+    if "mlflow" not in raw:
+        return {}
+    spec = raw["mlflow"]
+    if spec is None or spec is True:
+        spec = {}
+    elif spec is False:
+        spec = {"enabled": False}
+    if not isinstance(spec, dict):
+        raise ConfigError("tracking.mlflow", "a mapping (uri, experiment, log_checkpoints, ...), true or false", spec)
+    known_keys(spec, MLFLOW_DEFAULTS, "tracking.mlflow")
+    out = {**MLFLOW_DEFAULTS, **spec}
+    for key in ("enabled", "log_checkpoints"):
+        _in("tracking.mlflow", validate.boolean, key, out[key])
+    for key in ("uri", "experiment", "artifact_location", "parent_run_id"):
+        if out[key] is not None and (not isinstance(out[key], str) or not out[key].strip()):
+            raise ConfigError(f"tracking.mlflow.{key}", "a non-empty string or null", out[key])
+    uri = out["uri"] or os.environ.get(MLFLOW_URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI") or MLFLOW_DEFAULT_URI
+    out["uri"] = _absolute_store_uri(uri.strip())
+    out["experiment"] = out["experiment"] or config_name
+    if len(out["experiment"]) > 500:  # MLflow's limit on an experiment's name
+        raise ConfigError("tracking.mlflow.experiment", "a name of at most 500 characters", out["experiment"])
+    location = out["artifact_location"]
+    if location is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", location):
+        out["artifact_location"] = os.path.abspath(os.path.expanduser(location))
+    if out["parent_run_id"] is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", out["parent_run_id"]):
+        raise ConfigError("tracking.mlflow.parent_run_id", "an MLflow run id", out["parent_run_id"])
+    return {"mlflow": out}
+
+
+def _absolute_store_uri(uri: str) -> str:
+    """A tracking URI with its local location made absolute: ``sqlite:///x.db`` ->
+    ``sqlite:////cwd/x.db``, ``file:./mlruns`` or ``./mlruns`` -> ``file:///cwd/mlruns``;
+    servers (``http(s)://``, ``databricks``) and other databases are kept as given."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path and not path.startswith("/") and not path.startswith(":memory:"):
+            return "sqlite:///" + os.path.abspath(os.path.expanduser(path))
+        return uri
+    if uri.startswith("file:"):
+        path = uri[len("file:"):]
+        path = path[2:] if path.startswith("//") else path
+        return Path(os.path.abspath(os.path.expanduser(path))).as_uri()
+    if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri):  # a plain folder: MLflow's file store
+        return Path(os.path.abspath(os.path.expanduser(uri))).as_uri()
+    return uri
 
 
 def resolve_init_from(value: object) -> dict:

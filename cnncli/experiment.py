@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import plugins, runs, yamlfiles
+from cnncli import plugins, runs, tracking, yamlfiles
 from cnncli.builder import build
 from cnncli.config import Config, load_config
 from cnncli.data import (Dataset, Split, apply_normalization, class_weights, load_dataset, normalization_of,
@@ -31,7 +31,8 @@ from cnncli.metrics import (class_probabilities, classification_scores, confusio
                             predicted_classes)
 from cnncli.resources import check_disk
 from cnncli.summary import summarize, to_markdown
-from cnncli.training import Callback, DynamicsSchedule, EpochMetrics, FitResult, TrainState, evaluate, fit
+from cnncli.training import (Callback, DynamicsSchedule, EpochMetrics, FitResult, TrainState, TrialPruned, evaluate,
+                             fit)
 from cnncli.visualize import curves_png
 
 SHUFFLE_STREAM = 3
@@ -175,7 +176,7 @@ def schedule_notes(optimizer, values: dict, train_examples: int) -> list[str]:
 
 def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "runs", name: str | None = None,
           callbacks: tuple[Callback, ...] = (), on_ready=None, handle_signals: bool = True,
-          exact_name: bool = False, on_fetch=None, on_init=None, on_notice=None) -> Run:
+          exact_name: bool = False, on_fetch=None, on_init=None, on_notice=None, on_warning=None) -> Run:
     """Train a config into a new run folder and return the :class:`Run`.
 
     With ``init_from`` in the config, the network starts from another run's weights
@@ -183,7 +184,9 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     ``on_ready(run_dir, config, network, dataset)`` is called once the folder exists,
     before the first epoch (the CLI prints the summary there). With ``handle_signals``,
     Ctrl-C or SIGTERM stops after the current step with a checkpoint (``run.status`` is
-    then ``interrupted``; :func:`resume` continues it).
+    then ``interrupted``; :func:`resume` continues it). With ``tracking`` in the config the
+    run is logged to MLflow too (cnncli.tracking); ``on_warning(line)`` hears, once, that
+    MLflow failed mid-run (the run goes on).
     """
     config, built, data = prepare(config, overrides, runs_dir, on_fetch)
     network, loss, optimizer = built
@@ -194,6 +197,8 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
         values = config.values = {**values, "init_from": loaded["record"]}
     slots = len(optimizer.slots)
     check_disk(runs_dir, (1 + slots) * network.parameter_count() * network.dtype.itemsize)
+    # MLflow tracking (cnncli.tracking): a store it cannot use is refused before the folder exists.
+    tracker = tracking.connect(values.get("tracking"), source=config.source, on_warning=on_warning)
     run_dir = runs.create_run_dir(runs_dir, name or values["name"], exact=exact_name)
     runs.write_status(run_dir, "running", epoch=0, step=0)
     # The run keeps its own copy of every plugin, and its config names the copies.
@@ -210,8 +215,10 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     if on_ready is not None:
         on_ready(run_dir, config, network, data)
     shuffle_rng = seeded_rng(values["seed"], SHUFFLE_STREAM)
-    return _run_fit(Run(run_dir, config), network, loss, optimizer, data, shuffle_rng, TrainState(), callbacks,
-                    handle_signals)
+    # MLflow tracking: its run begins here and ends with whatever status the run ends with.
+    with tracking.tracked(tracker, run_dir, flat_values(in_folder)) as tracker_callbacks:
+        return _run_fit(Run(run_dir, config), network, loss, optimizer, data, shuffle_rng, TrainState(),
+                        (*callbacks, *tracker_callbacks), handle_signals)
 
 
 def start_from(network, init: dict) -> dict:
@@ -256,7 +263,7 @@ def flat_values(obj, prefix: str = "") -> dict:
 
 
 def resume(run_dir: str | Path, *, overrides=(), callbacks: tuple[Callback, ...] = (), on_ready=None,
-           handle_signals: bool = True, on_notice=None, on_fetch=None) -> Run:
+           handle_signals: bool = True, on_notice=None, on_fetch=None, on_warning=None) -> Run:
     """Continue a run from ``checkpoints/last.npz``: an interrupted (or failed, or killed)
     one, or a completed one given more ``train.epochs``.
 
@@ -266,7 +273,8 @@ def resume(run_dir: str | Path, *, overrides=(), callbacks: tuple[Callback, ...]
     config.yaml records them under ``history`` with the epoch they took effect, and
     ``on_notice`` says once that the run takes a new trajectory from there (or, for
     ``train.epochs`` alone, how far it now goes). Plugins run from the run folder's
-    copies; ``on_notice(line)`` also hears of originals edited since.
+    copies; ``on_notice(line)`` also hears of originals edited since. A run tracked in
+    MLflow continues its MLflow run (its tracking.json); ``on_warning`` as in :func:`train`.
     """
     run_dir = runs.resolve_run_dir(run_dir)
     status = runs.read_status(run_dir)
@@ -320,6 +328,8 @@ def resume(run_dir: str | Path, *, overrides=(), callbacks: tuple[Callback, ...]
             network.check_state(best_state)
         except CheckpointError as err:
             raise CheckpointError(f"{writer_best}: {err}") from None
+    # MLflow tracking (cnncli.tracking): a store it cannot use is refused before the folder changes.
+    tracker = tracking.connect(config.get("tracking"), source=str(run_dir / "config.yaml"), on_warning=on_warning)
     if changed:
         history = list(config.values.get("history") or [])
         history.append({"epoch": train_state.epoch, "step": optimizer.t,
@@ -341,8 +351,10 @@ def resume(run_dir: str | Path, *, overrides=(), callbacks: tuple[Callback, ...]
     if on_ready is not None:
         on_ready(run_dir, config, network, data)
     run = Run(run_dir, config)
-    return _run_fit(run, network, loss, optimizer, data, shuffle_rng, train_state, callbacks, handle_signals,
-                    best_state=best_state)
+    # MLflow tracking: the same MLflow run goes on, given first any finished epoch it missed.
+    with tracking.tracked(tracker, run_dir, flat_values(config.values), train_state.history) as tracker_callbacks:
+        return _run_fit(run, network, loss, optimizer, data, shuffle_rng, train_state,
+                        (*callbacks, *tracker_callbacks), handle_signals, best_state=best_state)
 
 
 def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, state: TrainState,
@@ -366,6 +378,10 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
                          class_weights=None if data.info["class_weights"] is None
                          else np.asarray(data.info["class_weights"]),
                          dynamics=DynamicsSchedule.from_config(values["train"]["dynamics"]))
+    except TrialPruned as pruned:  # a sweep's pruner stopped it: what it finished stays
+        runs.write_status(run_dir, "pruned", epoch=len(runs.read_metrics(run_dir)), step=optimizer.t,
+                          checkpoint=writer.last_saved, reason=str(pruned))
+        raise
     except KeyboardInterrupt:
         saved = writer.last_saved or {}
         runs.write_status(run_dir, "interrupted", epoch=state.epoch, step=optimizer.t,

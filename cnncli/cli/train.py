@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cnncli import tracking
 from cnncli.cli.common import SET, console, err_console, say, user_errors
 from cnncli.cli.data import announce_fetch
 from cnncli.cli.inspect import summary_table
@@ -97,6 +98,11 @@ def print_init(rows: list[dict], record: dict) -> None:
                           ("-" if r["why"] == "no parameters" else "initialized"), r["why"]] for r in rows]))
 
 
+def warn(line: str) -> None:
+    """A warning from the library (MLflow failed mid-run): one line on stderr."""
+    say(f"warning: {line}", error=True)
+
+
 def print_outcome(run) -> None:
     """How a run ended: interrupted (exit 130, with how to go on), or its best epoch."""
     if run.status == "interrupted":
@@ -115,6 +121,9 @@ def print_outcome(run) -> None:
     if run.result.stopped_early:
         say(f"stopped early after epoch {run.history[-1].epoch}")
     say(f"run: {run.path}")
+    logged = tracking.read_record(run.path)  # tracked in MLflow, and it kept working to the end
+    if logged and logged.get("run_id") and not logged.get("stopped"):
+        say(f"mlflow: run {logged['run_id']} in experiment '{logged['experiment']}' ({logged['uri']})")
     if run.config["train"]["report"]:
         from cnncli.report import run_report
 
@@ -122,6 +131,7 @@ def print_outcome(run) -> None:
         for line in notes:
             say(f"note: {line}", error=True)
         say(f"report: {written}")
+        tracking.log_files(run.path, [written], on_warning=warn)  # the MLflow run ended before the report
 
 
 @user_errors
@@ -135,6 +145,11 @@ def train(
     init_from: Optional[str] = typer.Option(None, "--init-from", metavar="RUN_DIR[:best|last]|FILE.npz",
                                             help="Start from another run's weights, matched layer by layer."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table or progress bars."),
+    track: Optional[str] = typer.Option(None, "--track", metavar="mlflow",
+                                        help="Log the run to MLflow too (tracking.mlflow, its defaults for what "
+                                             "the config leaves out; the store: $CNNCLI_MLFLOW_URI, else "
+                                             "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Needs pip install "
+                                             "'cnncli[mlflow]'."),
 ) -> None:
     """Train CONFIG into a new run folder under runs/ (or continue one with --resume).
 
@@ -148,8 +163,13 @@ def train(
     if resume is not None and (name or init_from):
         raise CnnCliError("train --resume continues a run in its own folder from its own weights: --name and "
                           "--init-from do not apply")
+    if track is not None and track != "mlflow":
+        raise CnnCliError(f"--track {track}: the tracker cnncli knows is mlflow")
+    if track is not None and resume is not None:
+        raise CnnCliError("train --resume logs where the run's config.yaml says (its tracking section): --track "
+                          "applies to a new run")
     shown = {"on_ready": None if quiet else print_ready, "callbacks": () if quiet else (ProgressDisplay(),),
-             "on_fetch": announce_fetch}
+             "on_fetch": announce_fetch, "on_warning": warn}
     try:
         if resume is not None:
             run = experiment.resume(resume, overrides=set_, on_notice=lambda line: say(f"note: {line}", error=True),
@@ -159,6 +179,8 @@ def train(
             if init_from is not None:  # relative to where the command runs, as any path given on the command line
                 path, which = parse_spec(init_from)
                 overrides.append(f"init_from={json.dumps(str(path.resolve()) + (f':{which}' if which else ''))}")
+            if track == "mlflow":  # on, with the config's own tracking.mlflow keys kept
+                overrides.append("tracking.mlflow.enabled=true")
             run = experiment.train(str(config), overrides=overrides, runs_dir=runs_dir, name=name,
                                    on_init=None if quiet else print_init,
                                    on_notice=lambda line: say(f"note: {line}", error=True), **shown)
