@@ -174,3 +174,14 @@ def test_a_pruned_search_on_dask_workers(tmp_path):
     assert len(records) == 4 and all(r["status"] in ("completed", "pruned") for r in records.values())
     for r in records.values():  # came back from the workers, pruned ones too
         assert (folder / r["path"] / "metrics.jsonl").is_file()
+
+
+def test_a_grid_only_space_is_sampled_and_said_once(tmp_path):
+    path = sweep_file(tmp_path, n_trials=2, random={}, grid={"optimizer.name": ["sgd", "adam"],
+                                                           "optimizer.lr": [0.01, 0.001]})
+    res = invoke("sweep", path, "--runs-dir", tmp_path / "runs")
+    assert_ok(res)
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: every key of the space is a list: tpe samples 2 combinations among them (search: grid "
+                     "would run each combination once)"]
+    assert len(json.loads((only_sweep(tmp_path / "runs") / "trials.json").read_text())) == 2

@@ -127,6 +127,9 @@ def sweep(
         return
     sw = open_or_create(target, grid, set_, name, metric, mode, runs_dir, resume)
     jobs = jobs or sw.spec.jobs or 1
+    if sw.spec.sampled and not any(k != "n_trials" for k in sw.spec.random):
+        say(f"note: every key of the space is a list: {sw.spec.search} samples {sw.spec.n_trials} combinations "
+            "among them (search: grid would run each combination once)", error=True)
     if sw.spec.sampled:
         total = sw.spec.n_trials
         done = sum(1 for r in sw.records.values() if r.get("status") in ("completed", "pruned", "failed"))
