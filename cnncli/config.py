@@ -235,6 +235,11 @@ def resolve(raw: dict, *, default_name: str = "run", check_paths: bool = True, c
     out["data"]["augment"] = resolve_augment(out["data"]["augment"], out["model"]["input_shape"])
     out["train"] = resolve_train(section(raw, "train"))
     out["eval"] = resolve_eval(section(raw, "eval"))
+    es = out["train"]["early_stopping"]
+    if es and not es["restore_best"] and "checkpoint" not in section(raw, "eval"):
+        # A run told not to restore its best weights is evaluated with its last ones, unless
+        # eval.checkpoint says otherwise: the one setting every evaluation then follows.
+        out["eval"]["checkpoint"] = "last"
     # Build the network's shapes on the declared input shape (nothing allocated): shape
     # errors surface now, and a run too large for this machine is refused before it starts.
     network = build_network(out, allocate=False)

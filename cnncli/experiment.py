@@ -401,14 +401,19 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
                           reason="interrupted; the checkpoint holds every finished step")
         return run
     try:  # the end of a run (best weights, evaluation, curves) can fail or be interrupted too
-        es = values["train"]["early_stopping"]
-        if es and es["restore_best"] and writer.best_state is not None:
+        # The run's own evaluation uses the weights eval.checkpoint names, as cnncli eval does.
+        which = values["eval"]["checkpoint"]
+        evaluated_epoch = result.history[-1].epoch if result.history else 0
+        if which == "best" and writer.best_state is not None:
             network.load_state_dict(writer.best_state)
+            evaluated_epoch = result.best_epoch
+        elif which == "best":
+            which = "last"  # no epoch was ever the best (every monitored value NaN): the final weights
         evaluation = data.evaluation
         if evaluation is not None:
             run.evaluation = evaluation_report(network, loss, evaluation, data.class_names,
                                                values["eval"]["batch_size"])
-            run.evaluation.update(checkpoint="best" if (es and es["restore_best"]) else "final weights",
+            run.evaluation.update(checkpoint=which, epoch=evaluated_epoch,
                                   data="test" if data.test is not None else "validation")
             runs.write_json(run_dir / "eval.json", run.evaluation)
         write_curves(run_dir, result.history)
@@ -489,10 +494,23 @@ def write_curves(run_dir: Path, history: list[EpochMetrics]) -> None:
 
 
 # ------------------------------------------------------------------------ using a run
-def load_run(run_dir: str | Path, checkpoint: str = "best"):
-    """(config, network with the checkpoint's weights, loss, data.json contents) of a run."""
+def run_checkpoint(run_dir: str | Path, which: str | None = None) -> str:
+    """``which`` (checked), or the run's own ``eval.checkpoint`` from its config.yaml
+    (``best`` when it names none): the checkpoint every command uses unless told."""
+    if which is not None:
+        return runs.checkpoint_name(which)
+    try:
+        named = (yamlfiles.read(Path(run_dir) / "config.yaml").get("eval") or {}).get("checkpoint")
+    except Exception:  # an unreadable config is reported by whoever loads it next
+        named = None
+    return named if named in runs.CHECKPOINTS else "best"
+
+
+def load_run(run_dir: str | Path, checkpoint: str | None = None):
+    """(config, network with the checkpoint's weights, loss, data.json contents, the
+    checkpoint's meta) of a run; ``checkpoint`` None: the run's ``eval.checkpoint``."""
     run_dir = Path(run_dir)
-    path = runs.checkpoint_file(run_dir, checkpoint)
+    path = runs.checkpoint_file(run_dir, run_checkpoint(run_dir, checkpoint))
     config = load_config(run_dir / "config.yaml", check_paths=False)
     built = build(config)
     params, _, meta = runs.load_checkpoint(path)
@@ -516,12 +534,20 @@ def read_run_dynamics(run_dir: Path) -> list[dict]:
                          "the first epoch, or after train.dynamics.every steps)")
 
 
-def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", data_path: str | None = None,
+def evaluation_file(checkpoint: str, data_path: str | None = None) -> str:
+    """``eval-best.json``, ``eval-last.json``, ``eval-best-<data>.json``: what ``cnncli eval``
+    writes, beside (never over) the ``eval.json`` of the run's own evaluation."""
+    return f"eval-{checkpoint}" + (f"-{runs.sanitize_name(Path(data_path).name)}" if data_path else "") + ".json"
+
+
+def evaluate_run(run_dir: str | Path, *, checkpoint: str | None = None, data_path: str | None = None,
                  pictures: bool = True) -> dict:
-    """Evaluate a run's checkpoint on its evaluation data (or on ``data_path``); writes
-    eval.json and (``pictures``) confusion.png, roc.png and misclassified.png beside it;
-    the report's ``pictures`` lists the files written."""
+    """Evaluate a run's checkpoint (None: its ``eval.checkpoint``) on its evaluation data
+    (or on ``data_path``); writes :func:`evaluation_file` and (``pictures``) confusion.png,
+    roc.png and misclassified.png beside it; the report's ``pictures`` lists the pictures
+    written and ``file`` the JSON's name."""
     run_dir = Path(run_dir)
+    checkpoint = run_checkpoint(run_dir, checkpoint)
     config, network, loss, info, meta = load_run(run_dir, checkpoint)
     values = json.loads(json.dumps(config.values))
     if data_path is not None:
@@ -556,7 +582,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", data_path: st
         written = evaluation_pictures(run_dir, report, split, outputs, normalization_of(info),
                                       f"{run_dir.name} ({checkpoint}, {which})", Path(which).name)
         report["pictures"] = [p.name for p in written]
-    runs.write_json(run_dir / "eval.json", report)
+    report["file"] = evaluation_file(checkpoint, data_path)
+    runs.write_json(run_dir / report["file"], report)
     return report
 
 
@@ -605,7 +632,7 @@ class Predictions:
         return len(self.rows)
 
 
-def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str = "best",
+def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str | None = None,
             strict: bool = False) -> Predictions:
     """Class and probabilities of each image file (folders and glob patterns expanded by
     :func:`image_files`), with the run's preprocessing, in batches of ``eval.batch_size``.
@@ -685,7 +712,7 @@ def gradcheck_batch(config: Config, network, loss, batch: int, seed: int, cache_
     return x, targets_for(network, labels, loss), source
 
 
-def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkpoint: str = "best"):
+def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkpoint: str | None = None):
     """``cnncli visualize``: kernels.png, feature_maps_layer<i>.png and curves.png in ``out``;
     returns (files written, warnings)."""
     from cnncli.data.augment import Augmenter

@@ -225,7 +225,7 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, *, checkpoint
         except InputError as err:
             notes.append(f"the evaluation was not run again ({err}); showing the run's eval.json")
     if evaluation is None:
-        evaluation = _json(run_dir / "eval.json") or None
+        evaluation = _json(run_dir / f"eval-{checkpoint}.json") or _json(run_dir / "eval.json") or None
 
     name = run_dir.name
     state = status.get("status", "unknown")

@@ -175,7 +175,7 @@ def test_summary_bad_format(tmp_path):
 # ---------------------------------------------------------------------------- eval
 def test_eval_latest_run_json(trained):
     runs, run, _ = trained
-    (run / "eval.json").unlink()
+    trained_eval = (run / "eval.json").read_text()
     res = invoke("eval", "--runs-dir", runs, "--checkpoint", "last", "--json")
     assert_ok(res)
     report = json.loads(res.stdout)
@@ -185,7 +185,9 @@ def test_eval_latest_run_json(trained):
     assert len(report["precision"]) == len(report["recall"]) == len(report["f1"]) == 2
     m = np.array(report["confusion_matrix"])
     assert m.sum() == 40 and report["accuracy"] == pytest.approx(np.trace(m) / 40)
-    assert json.loads((run / "eval.json").read_text()) == report
+    # cnncli eval writes eval-last.json beside (never over) the run's own eval.json
+    assert json.loads((run / "eval-last.json").read_text()) == report and report["file"] == "eval-last.json"
+    assert (run / "eval.json").read_text() == trained_eval
     # The last checkpoint holds the final weights: the same figures as training's own evaluation.
     rows = runs_mod.read_metrics(run)
     assert report["loss"] == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
@@ -197,7 +199,7 @@ def test_eval_table_of_a_run_dir(trained):
     res = invoke("eval", run)
     assert_ok(res)
     assert "accuracy" in res.stdout and "confusion matrix" in res.stdout and "circle" in res.stdout
-    assert "eval.json" in res.stdout
+    assert "eval-best.json" in res.stdout and "(best checkpoint, epoch" in res.stdout
 
 
 def test_eval_on_a_folder_that_is_not_a_run(tmp_path):

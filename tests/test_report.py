@@ -54,7 +54,7 @@ def test_a_run_report_is_one_self_contained_page_with_every_section(trained):
     assert len(pictures) == 5 and all(p.format == "PNG" and p.size[0] >= 150 for p in pictures)
     # nothing to fetch, nothing that runs
     assert "<script" not in page.lower() and not re.search(r'(src|href)="(https?:)?//', page)
-    for name in ("curves.png", "dynamics.png", "confusion.png", "misclassified.png", "eval.json"):
+    for name in ("curves.png", "dynamics.png", "confusion.png", "misclassified.png", "eval.json", "eval-best.json"):
         assert (run / name).is_file(), name
 
 
@@ -65,7 +65,7 @@ def test_a_binary_run_report_shows_the_roc_curve_and_its_area(tmp_path):
     (run,) = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
     res = invoke("eval", run)
     assert_ok(res)
-    report = json.loads((run / "eval.json").read_text())
+    report = json.loads((run / "eval-best.json").read_text())
     assert report["roc_auc"] is not None and "ROC AUC" in res.stdout
     assert report["pictures"] == ["confusion.png", "roc.png", "misclassified.png"]
     assert_ok(invoke("report", run, "--out", tmp_path / "page.html"))
@@ -77,7 +77,7 @@ def test_report_without_evaluating_again_shows_the_runs_eval_json(trained, tmp_p
     _, run = trained
     copy = tmp_path / run.name
     shutil.copytree(run, copy)
-    for name in ("eval.json", "confusion.png", "misclassified.png"):
+    for name in ("eval.json", "eval-best.json", "confusion.png", "misclassified.png"):
         (copy / name).unlink(missing_ok=True)
     assert_ok(invoke("report", copy, "--no-eval"))
     page = (copy / "report.html").read_text()

@@ -65,5 +65,6 @@ def config_path(target: Path) -> Path:
 
 # Options that several commands take, declared once.
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the most recent run.")
-CHECKPOINT = typer.Option("best", "--checkpoint", "-c", help="best or last.")
+CHECKPOINT = typer.Option(None, "--checkpoint", "-c", help="best or last (default: the run's eval.checkpoint, "
+                                                           "best unless it says last).")
 SET = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a config value (YAML).")

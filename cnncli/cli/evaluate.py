@@ -33,23 +33,27 @@ def print_report(path: Path, checkpoint: str, report: dict) -> None:
         extra.append(f"ROC AUC {report['roc_auc']:.4f} ({names[1] if len(names) > 1 else 'class 1'} positive)")
     if extra:
         say("   ".join(extra))
-    say(f"written to {path / 'eval.json'}" + "".join(f", {path / p}" for p in report.get("pictures", [])))
+    say(f"written to {path / report.get('file', 'eval.json')}"
+        + "".join(f", {path / p}" for p in report.get("pictures", [])))
 
 
 @user_errors
 def eval_(
     run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the most recent under runs/)."),
-    checkpoint: str = CHECKPOINT,
+    checkpoint: Optional[str] = CHECKPOINT,
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="Evaluate on other data of the same kind."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     runs_dir: Path = RUNS_DIR,
 ) -> None:
     """Evaluate a run: loss, accuracy, confusion matrix, per-class precision/recall/F1."""
     from cnncli.experiment import evaluate_run
+    from cnncli.experiment import run_checkpoint
     from cnncli.runs import checkpoint_name, resolve_run_dir
 
-    checkpoint_name(checkpoint)  # best or last, checked before anything is read
+    if checkpoint is not None:
+        checkpoint_name(checkpoint)  # best or last, checked before anything is read
     path = resolve_run_dir(run_dir, runs_dir)
+    checkpoint = run_checkpoint(path, checkpoint)
     report = evaluate_run(path, checkpoint=checkpoint, data_path=str(data_path) if data_path else None)
     if as_json:
         print(json.dumps(report, indent=2))
@@ -61,7 +65,7 @@ def eval_(
 def predict(
     paths: List[Path] = typer.Argument(..., help="[RUN_DIR] IMAGE...: a run folder (default: the most recent) "
                                             "and image files, folders of images or glob patterns."),
-    checkpoint: str = CHECKPOINT,
+    checkpoint: Optional[str] = CHECKPOINT,
     out: Optional[Path] = typer.Option(None, "--out", help="Write a CSV: path, class, probability and one "
                                                            "probability column per class."),
     strict: bool = typer.Option(False, "--strict", help="Refuse a file that is not a readable image (default: "
@@ -72,14 +76,17 @@ def predict(
     """Class and probability for each image (files, folders, or glob patterns such as 'shots/*.jpg')."""
     from cnncli.experiment import predict as run_predict
     from cnncli.experiment import predictions_csv
+    from cnncli.experiment import run_checkpoint
     from cnncli.runs import atomic_write_text, checkpoint_name, resolve_run_dir
 
-    checkpoint_name(checkpoint)
+    if checkpoint is not None:
+        checkpoint_name(checkpoint)
     if out is not None and out.suffix.lower() != ".csv":
         raise CnnCliError(f"--out: expected a .csv file; got {out}")
     given = paths[0] if paths and (paths[0] / "config.yaml").is_file() else None
     images = paths[1:] if given is not None else paths
     run_dir = resolve_run_dir(given, runs_dir)
+    checkpoint = run_checkpoint(run_dir, checkpoint)
     if not images:
         raise CnnCliError("predict: give at least one image file, folder or pattern")
     found = run_predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, strict=strict)

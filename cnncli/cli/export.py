@@ -16,7 +16,7 @@ def export(
     run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the most recent under runs/)."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (a graph for onnxruntime and other runtimes) "
                                                            "or npz (weights.npz and model.json)."),
-    checkpoint: str = CHECKPOINT,
+    checkpoint: Optional[str] = CHECKPOINT,
     out: Optional[Path] = typer.Option(None, "--out", help="onnx: a .onnx file or an existing folder; npz: "
                                                                  "a folder (default: RUN_DIR/export/). Its "
                                                                  "parent folder must exist."),
@@ -28,11 +28,14 @@ def export(
 ) -> None:
     """Export a run for other programs: ONNX (opset 17) or weights.npz + model.json."""
     from cnncli.export import OPSET, check_options, export_run
+    from cnncli.experiment import run_checkpoint
     from cnncli.runs import checkpoint_name, resolve_run_dir
 
     check_options(fmt, layout, include_preprocessing)  # refused before anything is read
-    checkpoint_name(checkpoint)
+    if checkpoint is not None:
+        checkpoint_name(checkpoint)
     path = resolve_run_dir(run_dir, runs_dir)
+    checkpoint = run_checkpoint(path, checkpoint)
     done = export_run(path, fmt=fmt, checkpoint=checkpoint, out=out, layout=layout,
                       include_preprocessing=include_preprocessing)
     dims = lambda d: "(" + ", ".join(str(v) for v in d) + ")"  # noqa: E731

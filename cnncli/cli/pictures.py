@@ -18,7 +18,7 @@ def visualize(
     image: Optional[Path] = typer.Option(None, "--image", help="Image for the feature maps (default: a validation "
                                                                "example)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/visualize)."),
-    checkpoint: str = CHECKPOINT,
+    checkpoint: Optional[str] = CHECKPOINT,
     runs_dir: Path = RUNS_DIR,
 ) -> None:
     """PNGs of the first layer's kernels, each conv layer's feature maps, and the training curves."""

@@ -28,10 +28,15 @@ def _best(rows: list[dict], key: str, pick) -> str:
 
 
 @user_errors
-def runs_(runs_dir: Path = typer.Argument(Path("runs"), help="Folder of runs (default: runs).")) -> None:
+def runs_(folder: Optional[Path] = typer.Argument(None, help="Folder of runs (default: runs)."),
+          runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="The same, as every other command "
+                                                                           "names it.")) -> None:
     """Every run with its status, age and key metrics (and the sweeps)."""
     from cnncli import runs as rs
 
+    if folder is not None and runs_dir is not None and folder != runs_dir:
+        raise CnnCliError(f"runs: give the folder once (got {folder} and --runs-dir {runs_dir})")
+    runs_dir = folder or runs_dir or Path("runs")
     found = rs.list_runs(runs_dir)
     sweeps_dir = runs_dir / "sweeps"
     if not found and not sweeps_dir.is_dir():
@@ -43,14 +48,18 @@ def runs_(runs_dir: Path = typer.Argument(Path("runs"), help="Folder of runs (de
         body.append([path.name, rs.read_status(path).get("status", "?"), _age(path), str(len(rows)),
                      _best(rows, "val_accuracy", max), _best(rows, "val_loss", min),
                      f"{rows[-1]['accuracy']:.4f}" if rows else ""])
-    console.print(table(str(runs_dir), [(c, "left" if c in ("run", "status") else "right") for c in
-                                        ("run", "status", "age", "epochs", "best val_acc", "best val_loss",
-                                         "final acc")], body))
+    if body:  # a folder of sweeps only has no run table to show
+        console.print(table(str(runs_dir), [(c, "left" if c in ("run", "status") else "right") for c in
+                                            ("run", "status", "age", "epochs", "best val_acc", "best val_loss",
+                                             "final acc")], body))
+    else:
+        say(f"no runs in {runs_dir}/ outside its sweeps")
     if sweeps_dir.is_dir():
         for sw in sorted(p for p in sweeps_dir.iterdir() if (p / "sweep.yaml").is_file()):
             trials = json.loads((sw / "trials.json").read_text()) if (sw / "trials.json").is_file() else {}
             states = [t.get("status") for t in trials.values()]
-            say(f"sweep {sw.name}: {states.count('completed')} completed, {states.count('failed')} failed, "
+            pruned = f"{states.count('pruned')} pruned, " if "pruned" in states else ""
+            say(f"sweep {sw.name}: {states.count('completed')} completed, {pruned}{states.count('failed')} failed, "
                 f"{states.count('running')} running")
 
 

@@ -66,6 +66,11 @@ class ProgressDisplay(Callback):
             self.progress.stop()
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def print_ready(run_dir, cfg, network, data) -> None:
     """What a run is about to do: the parameter table, the data, the settings."""
     from cnncli.summary import summarize
@@ -82,7 +87,7 @@ def print_ready(run_dir, cfg, network, data) -> None:
         say("plugins: " + ", ".join(p.get("origin", p["file"]) for p in cfg["plugins"]))
     opt = cfg["optimizer"]
     say(f"seed {cfg['seed']}; loss {cfg['loss']['name']} ({cfg['loss']['reduction']}); optimizer {opt['name']} "
-        f"lr {opt['lr']:g}; {cfg['train']['epochs']} epochs of batch {cfg['train']['batch_size']}; "
+        f"lr {opt['lr']:g}; {plural(cfg['train']['epochs'], 'epoch')} of batch {cfg['train']['batch_size']}; "
         f"run folder {run_dir}")
 
 
