@@ -466,38 +466,39 @@ def tracked(tracker: Tracker | None, run_dir: Path, params: dict, history=()):
         tracker.end()
 
 
-def log_files(folder: str | Path, paths, *, on_warning: Warn | None = None) -> None:
-    """Add files written after a tracked run ended (``train.report``'s report.html) to its
-    MLflow run; a folder without tracking.json has none, and an error only warns."""
+def _on_recorded_run(folder: str | Path, act, failure: str, on_warning: Warn | None) -> None:
+    """``act(client, run_id)`` on the MLflow run a folder's tracking.json names; nothing for a
+    folder that logged nothing (or whose tracking stopped), and an error only warns
+    (``failure``: what failed, for the warning)."""
     record = read_record(folder)
     if not record or not record.get("run_id") or record.get("stopped"):
         return
     try:
         client_class = _client_class()
         with _mlflow_calls():
-            client = client_class(tracking_uri=record["uri"])
-            for path in paths:
-                client.log_artifact(record["run_id"], str(path))
-    except Exception as err:  # the files are in the folder; MLflow lacks them, and says so once
+            act(client_class(tracking_uri=record["uri"]), record["run_id"])
+    except Exception as err:  # the run folder is complete; MLflow lacks something, and says so once
         if on_warning is not None:
-            on_warning(f"MLflow ({record['uri']}): adding {', '.join(Path(p).name for p in paths)} failed "
-                       f"({_one_line(err)}); the run folder has them")
+            on_warning(f"MLflow ({record['uri']}): {failure.format(error=_one_line(err))}")
+
+
+def log_files(folder: str | Path, paths, *, on_warning: Warn | None = None) -> None:
+    """Add files written after a tracked run ended (``train.report``'s report.html) to its
+    MLflow run; a folder without tracking.json has none, and an error only warns."""
+    def add(client, run_id):
+        for path in paths:
+            client.log_artifact(run_id, str(path))
+
+    names = ", ".join(Path(p).name for p in paths)
+    _on_recorded_run(folder, add, f"adding {names} failed ({{error}}); the run folder has them", on_warning)
 
 
 def abandon(folder: str | Path, *, on_warning: Warn | None = None) -> None:
     """End as KILLED the MLflow run of a run folder that is about to be thrown away (a
     sweep trial that was running when its sweep died, and runs again under a new number);
     nothing when the folder logged nothing, and an error only warns."""
-    record = read_record(folder)
-    if not record or not record.get("run_id") or record.get("stopped"):
-        return
-    try:
-        client_class = _client_class()
-        with _mlflow_calls():
-            client_class(tracking_uri=record["uri"]).set_terminated(record["run_id"], status="KILLED")
-    except Exception as err:
-        if on_warning is not None:
-            on_warning(f"MLflow ({record['uri']}): ending the run of {Path(folder).name} failed ({_one_line(err)})")
+    _on_recorded_run(folder, lambda client, run_id: client.set_terminated(run_id, status="KILLED"),
+                     f"ending the run of {Path(folder).name} failed ({{error}})", on_warning)
 
 
 # ------------------------------------------------------------------------------ sweeps
