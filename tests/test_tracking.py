@@ -333,3 +333,25 @@ def test_abandon_ends_a_thrown_away_runs_mlflow_run_as_killed(store, tmp_path):
     tracking.abandon(folder)
     assert store.client.get_run(run_id).info.status == "KILLED"
     tracking.abandon(tmp_path)  # a folder that logged nothing: nothing happens
+
+
+def test_train_report_true_adds_the_page_to_the_mlflow_run_and_a_failure_only_warns(store, tmp_path, monkeypatch):
+    cfg = tracked(store, "with-report")
+    cfg["train"] = {**cfg["train"], "report": True}
+    path = tmp_path / "reported.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert res.exit_code == 0, res.stdout + res.stderr
+    run_dir = only_run(tmp_path / "runs")
+    assert "report.html" in artifacts(store, tracking.read_record(run_dir)["run_id"])
+    warnings = []
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the store went away")
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", refuse)
+    tracking.log_files(run_dir, [run_dir / "report.html"], on_warning=warnings.append)
+    assert len(warnings) == 1 and "adding report.html failed (RuntimeError: the store went away)" in warnings[0]
+    assert warnings[0].endswith("the run folder has them")
