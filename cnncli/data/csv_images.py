@@ -30,7 +30,7 @@ import unicodedata
 from pathlib import Path
 
 
-from cnncli.data.image_folder import FolderImages, cache_key, decode, read_cache
+from cnncli.data.image_folder import FolderImages, cache_key, decode, lookup_cache
 from cnncli.errors import DataError
 
 HEADER = ["path", "label"]
@@ -114,12 +114,10 @@ def load_csv_images(csv_path: str | Path, shape: tuple[int, int, int], *, on_bad
     names = sorted({label for _, _, label in rows})
     if len(names) < 2:
         raise DataError(f"{csv_path}: found 1 class ({names[0]}); a classifier needs at least 2")
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"csv_images-{csv_cache_key(raw, rows, csv_path, shape)}.npz"
-        cached = read_cache(cache_file, on_bad_image)
-        if cached is not None:
-            return cached
+    cache_file, cached = lookup_cache(cache_dir, lambda: f"csv_images-{csv_cache_key(raw, rows, csv_path, shape)}",
+                                      on_bad_image)
+    if cached is not None:
+        return cached
     index = {name: i for i, name in enumerate(names)}
     items = [(path, index[label], f"{csv_path}:{line}: {path}") for line, path, label in rows]
     return decode(items, shape, names, on_bad_image, cache_file, where=str(csv_path))

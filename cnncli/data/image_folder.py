@@ -101,12 +101,10 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_i
     if shape[2] not in (1, 3):
         raise DataError(f"{root}: images can be read with 1 or 3 channels; the model's input has {shape[2]}")
     classes = list_classes(root, classes)
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"image_folder-{cache_key(classes, root, shape)}.npz"
-        cached = read_cache(cache_file, on_bad_image)
-        if cached is not None:
-            return cached
+    cache_file, cached = lookup_cache(cache_dir, lambda: f"image_folder-{cache_key(classes, root, shape)}",
+                                      on_bad_image)
+    if cached is not None:
+        return cached
     items = [(f, label, str(f)) for label, (_, files) in enumerate(classes) for f in files]
     names = [name for name, _ in classes]
     return decode(items, shape, names, on_bad_image, cache_file, where=str(root))
@@ -134,6 +132,15 @@ def decode(items: list[tuple[Path, int, str]], shape: tuple[int, int, int], name
     if cache_file is not None:
         _write_cache(cache_file, result, on_bad_image)
     return result
+
+
+def lookup_cache(cache_dir: str | Path | None, name, on_bad_image: str) -> tuple[Path | None, FolderImages | None]:
+    """(the cache file ``cache_dir/<name()>.npz``, its images if cached): (None, None)
+    without a cache folder (``name`` is only computed when there is one: it hashes files)."""
+    if cache_dir is None:
+        return None, None
+    path = Path(cache_dir) / f"{name()}.npz"
+    return path, read_cache(path, on_bad_image)
 
 
 def read_cache(path: Path, on_bad_image: str) -> FolderImages | None:
