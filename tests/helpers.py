@@ -1,6 +1,10 @@
 """Shared by the CLI-level tests: a small experiment config (a plain dict, as YAML gives)
 and the CliRunner helpers that check exit codes and the one-line error form."""
 
+import contextlib
+import warnings
+
+import numpy as np
 from typer.testing import CliRunner
 
 from cnncli.cli import app
@@ -43,3 +47,13 @@ def assert_user_error(res, *phrases):
     for phrase in phrases:
         assert phrase in lines[0], (phrase, lines[0])
     return lines[0]
+
+
+@contextlib.contextmanager
+def strict_floats():
+    """Every NumPy overflow, division by zero or invalid operation raises, and so does any
+    warning; underflow to 0 (the intended limit of the exp(-|z|) tricks) is let through."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+            yield
