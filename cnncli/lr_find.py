@@ -109,12 +109,19 @@ def check_settings(start: float, end: float, steps: int) -> None:
         raise CnnCliError(f"lr-find: --steps must be at least 20 (a curve to read a slope from); got {steps}")
 
 
+def smooth_step(avg: float, value: float, i: int, beta: float = SMOOTHING_BETA) -> tuple[float, float]:
+    """One step of the moving average: (the new running sum ``avg``, the bias-corrected
+    smoothed value after loss ``i`` (0-based))."""
+    avg = beta * avg + (1 - beta) * value
+    return avg, avg / (1 - beta ** (i + 1))
+
+
 def smooth(losses, beta: float = SMOOTHING_BETA) -> np.ndarray:
     """The bias-corrected exponential moving average of ``losses`` (see the module docstring)."""
     out, avg = [], 0.0
     for i, value in enumerate(losses):
-        avg = beta * avg + (1 - beta) * value
-        out.append(avg / (1 - beta ** (i + 1)))
+        avg, smoothed = smooth_step(avg, value, i, beta)
+        out.append(smoothed)
     return np.asarray(out, dtype=np.float64)
 
 
@@ -266,8 +273,7 @@ def run_test(network, loss, optimizer, train, *, lrs: np.ndarray, batch_size: in
             stopped = f"{what} was not finite at step {i + 1} (lr {lr:.2e})"
             break
         per_example = value / len(idx) if loss.reduction == "sum" else value
-        avg = SMOOTHING_BETA * avg + (1 - SMOOTHING_BETA) * per_example
-        current = avg / (1 - SMOOTHING_BETA ** (i + 1))
+        avg, current = smooth_step(avg, per_example, i)
         done_lrs.append(float(lr))
         losses.append(float(per_example))
         smoothed.append(float(current))
