@@ -184,10 +184,8 @@ def recover(study, sweep: Sweep, space: dict) -> list[int]:
     optuna = _optuna()
     spec = sweep.spec
     for t in study.get_trials(deepcopy=False):
-        while len(spec.trials) <= t.number:  # asked just before a kill, before sweep.yaml listed it
-            spec.trials.append({})
-        if not spec.trials[t.number] and t.params:
-            spec.trials[t.number] = trial_values(spec, t.params)
+        if t.params and not (t.number < len(spec.trials) and spec.trials[t.number]):
+            set_trial(spec, t.number, trial_values(spec, t.params))  # asked just before a kill
         record = sweep.records.get(t.number)
         if t.state != optuna.trial.TrialState.RUNNING and (record is None or record.get("status") == "running"):
             folder = sweep.folder / f"trial-{t.number:03d}"
@@ -217,6 +215,13 @@ def recover(study, sweep: Sweep, space: dict) -> list[int]:
                                    "reason": "running when the sweep stopped; its values are asked again"}
         again.append(t.number)
     return again
+
+
+def set_trial(spec: SweepSpec, number: int, values: dict) -> None:
+    """Trial ``number``'s values in ``spec.trials`` (a list by number: failed-and-requeued
+    trials and trials asked just before a kill can leave gaps, kept as ``{}``)."""
+    spec.trials.extend({} for _ in range(number + 1 - len(spec.trials)))
+    spec.trials[number] = values
 
 
 # ------------------------------------------------------------------------------ pruning
@@ -251,10 +256,7 @@ class Driver:
         trial = self.study.ask(self.space)
         self.trials[trial.number] = trial
         values = trial_values(self.sweep.spec, trial.params)
-        spec = self.sweep.spec
-        while len(spec.trials) <= trial.number:  # numbers of failed-and-requeued trials leave gaps
-            spec.trials.append({})
-        spec.trials[trial.number] = values
+        set_trial(self.sweep.spec, trial.number, values)
         return trial.number, values
 
     def decide(self, number: int, epoch: int, value: float | None) -> bool:
