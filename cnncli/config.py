@@ -485,7 +485,7 @@ def resolve_train(raw: dict) -> dict:
     out = {**TRAIN_DEFAULTS, **raw}
     _in("train", validate.positive_int, "epochs", out["epochs"])
     _in("train", validate.positive_int, "batch_size", out["batch_size"])
-    out["checkpoint_every"] = _checkpoint_every(out["checkpoint_every"])
+    out["checkpoint_every"] = _interval("train.checkpoint_every", out["checkpoint_every"])
     out["dynamics"] = _dynamics(out["dynamics"])
     _in("train", validate.choice, "on_nan", out["on_nan"], ("stop", "skip_batch"), "stop or skip_batch")
     _in("train", validate.boolean, "shuffle", out["shuffle"])
@@ -587,10 +587,6 @@ def _interval(where: str, value: object) -> int | str:
             if unit in ("step", "steps"):
                 return f"{int(parts[0])} steps"
     raise ConfigError(where, expected, value)
-
-
-def _checkpoint_every(value: object) -> int | str:
-    return _interval("train.checkpoint_every", value)
 
 
 def _dynamics(value: object) -> dict | bool:
