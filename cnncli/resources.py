@@ -5,9 +5,12 @@
 * parameters, their gradients, the optimizer's slots (Adam 2, momentum 1, ...) and one
   spare copy for the best weights: ``(3 + slots) * P`` values;
 * per example, what each layer keeps for the backward pass and creates during it, as the
-  layer says (``Layer.values_per_example``: a conv layer's im2col matrix twice, its
-  output twice and its padded input; by default a layer's input and output twice);
-* times the batch size (training) or the evaluation batch size, whichever is larger.
+  layer says (``Layer.values_per_example``: a conv layer's output twice, its padded input
+  and its input-gradient scratch; by default a layer's input and output twice), times the
+  batch size (training) or half the evaluation batch size, whichever is larger;
+* plus each layer's scratch at that batch (``Layer.workspace_bytes``: a conv layer's
+  im2col matrix, the whole batch's or one tile's, the same figure the layer allocates by,
+  ``Conv2D.im2col_bytes``).
 
 The figure is an estimate, deliberately on the high side; a run is refused when it
 exceeds the memory available (``MemAvailable``, or a cgroup limit if lower).
@@ -43,8 +46,9 @@ def estimate_memory(network, batch_size: int, optimizer_slots: int, eval_batch_s
     itemsize = network.dtype.itemsize
     params = sum(math.prod(p.shape) for p in network.parameters().values())
     batch = max(batch_size, eval_batch_size // 2)  # evaluation keeps no backward workspace
+    workspaces = sum(layer.workspace_bytes(batch, itemsize) for layer in network.layers)
     return MemoryEstimate((3 + optimizer_slots) * params * itemsize,
-                          _values_per_example(network) * batch * itemsize, batch)
+                          _values_per_example(network) * batch * itemsize + workspaces, batch)
 
 
 def available_memory() -> int | None:

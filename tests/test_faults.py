@@ -1063,7 +1063,7 @@ def test_an_oversized_network_is_refused_from_its_shapes_alone():
     message = str(info.value)
     assert "GiB" in message and "available" in message and str(QUICKSTART) in message, message
     needed = float(re.search(r"needs about ([\d,.]+) GiB", message).group(1).replace(",", ""))
-    assert needed > 1000  # a million 3x3x3 filters on 16x16 images: over a terabyte
+    assert needed > 500  # a million 3x3x3 filters on 16x16 images: outputs alone over half a terabyte
     assert peak < 50 * 2**20, f"refusing took {peak / 2**20:.0f} MiB"
     assert elapsed < 10
 

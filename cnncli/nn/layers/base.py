@@ -89,6 +89,16 @@ class Layer(Component):
             buf = self._workspace[name] = np.empty(shape, dtype=dtype)
         return buf
 
+    def growing_workspace(self, name: str, size: int, dtype) -> np.ndarray:
+        """A flat scratch array of at least ``size`` values (its first ``size`` returned),
+        kept between steps and only ever enlarged: a layer that alternates between a
+        training batch and a larger or smaller evaluation batch does not allocate (and
+        page-fault) its largest temporary anew at each switch."""
+        buf = self._workspace.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._workspace[name] = np.empty(size, dtype=dtype)
+        return buf[:size]
+
     # -- construction -------------------------------------------------------------
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None, dtype) -> tuple[int, ...]:
         """Check ``input_shape``, create the parameters (none are allocated when ``rng`` is
@@ -173,6 +183,11 @@ class Layer(Component):
         """Values a training step keeps per example for this layer (the memory estimate):
         by default its input and output, each twice (forward caches, backward gradients)."""
         return 2 * (math.prod(self.input_shape) + math.prod(self.output_shape))
+
+    def workspace_bytes(self, batch: int, itemsize: int) -> int:
+        """Bytes of scratch a training step at ``batch`` uses beyond :meth:`values_per_example`
+        (a conv layer's im2col, bounded by its memory budget); 0 by default."""
+        return 0
 
     def explain(self, index: int, first: bool) -> Explanation:
         """What ``cnncli explain`` prints for this layer (``first``: nothing before it)."""

@@ -38,16 +38,33 @@ Two implementations compute these sums (``implementation:``):
   tests hold it to the reference. ``forward_rows``/``backward_rows`` can also emit rows
   grouped by a max-pool's window offsets, for the fused step of ``cnncli.nn.fusion``.
 
+Bounded memory. The fast path's im2col matrix has ``kh*kw*C`` values for every output
+pixel: for large images it is gigabytes (Figure 2's second conv at 224x224, batch 32:
+2.3 GB). The batch is therefore cut into *tiles* of examples whose im2col holds at most
+``TILE_BYTES`` (at least one example), and ``dW`` is summed tile by tile, always in the
+same order. A tile depends only on the layer's shapes, never on the memory budget or the
+batch, so the budget changes where the memory goes, not one bit of the result:
+
+* the whole batch's im2col within :func:`memory_budget` (default 256 MiB a layer,
+  ``CNNCLI_CONV_MEMORY_MB``, :func:`set_memory_budget`): every tile is kept from the
+  forward pass for ``dW`` (no second copy);
+* beyond it: one tile's workspace is reused, the forward pass fills it tile by tile, and
+  the backward pass copies each tile's windows again from the kept input (one more
+  im2col copy: memory traffic, no products).
+
 Shapes:
     x: (N, H, W, C)   W: (kh, kw, C, F)   b: (F,)   z, a: (N, H', W', F)
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from cnncli.nn import parallel, validate
+from cnncli.nn.errors import ConfigError
 from cnncli.nn.describe import Equation, Explanation, size_arithmetic, window_index
 from cnncli.nn.initializers import make_initializer
 from cnncli.nn.layers import conv_reference
@@ -57,6 +74,40 @@ from cnncli.nn.layers.windows import (crop, output_size, pad_input, padding_conf
 from cnncli.nn.registry import register
 
 IMPLEMENTATIONS = ("fast", "reference")
+
+#: The most im2col bytes one tile of examples holds (a tile is at least one example). It
+#: fixes the order of dW's sums, so it must not depend on the budget or the batch.
+TILE_BYTES = 64 * 2**20
+#: im2col bytes a layer may keep for the whole batch between forward and backward.
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+_budget: int | None = None
+
+
+def set_memory_budget(nbytes: int | None) -> None:
+    """Bytes of im2col a conv layer may keep between its forward and backward passes;
+    None goes back to ``CNNCLI_CONV_MEMORY_MB`` or the default (256 MiB). Beyond it the
+    layer keeps one tile (at most :data:`TILE_BYTES`) and copies the windows again in the
+    backward pass. The results are the same to the last bit either way."""
+    global _budget
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0):
+        raise ConfigError("memory budget", "a number of bytes >= 0 or None", nbytes)
+    _budget = nbytes
+
+
+def memory_budget() -> int:
+    """The budget in bytes: :func:`set_memory_budget`, else ``CNNCLI_CONV_MEMORY_MB``, else 256 MiB."""
+    if _budget is not None:
+        return _budget
+    env = os.environ.get("CNNCLI_CONV_MEMORY_MB", "").strip()
+    if not env:
+        return DEFAULT_MEMORY_BUDGET
+    try:
+        megabytes = float(env)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes >= 0:
+        raise ConfigError("CNNCLI_CONV_MEMORY_MB", "a number of MiB >= 0", env, source="environment")
+    return int(megabytes * 2**20)
 
 
 @register("conv2d")
@@ -137,14 +188,22 @@ class Conv2D(ActivatedLayer):
         return total
 
     def values_per_example(self):
-        """The im2col matrix twice (cols, and dcols or its share), the output twice (z and
-        g(z)), the padded input, and z once more if the activation needs it for backward."""
-        kh, kw = self.kernel_size
+        """Per example: the input-gradient scratch (one kernel offset's share of every
+        window, H'*W'*C), the output twice (z and g(z)), the padded input, and z once
+        more if the activation needs it for backward. The im2col matrix is not per
+        example: see :meth:`workspace_bytes`."""
         ho, wo = self.out_hw
         pt, pb, pl, pr = self.pads
         h, w, c = self.input_shape
-        return (2 * ho * wo * kh * kw * c + 2 * ho * wo * self.filters + (h + pt + pb) * (w + pl + pr) * c
+        return (ho * wo * c + 2 * ho * wo * self.filters + (h + pt + pb) * (w + pl + pr) * c
                 + self.kept_z_values())
+
+    def workspace_bytes(self, batch, itemsize):
+        """The im2col workspace a training step at ``batch`` uses (:meth:`im2col_bytes`)."""
+        if self.implementation == "reference":  # cols and dcols, whole
+            ho, wo = self.out_hw
+            return 2 * batch * ho * wo * self._row_width()[0] * itemsize
+        return self.im2col_bytes(batch, itemsize)
 
     def explain(self, index, first):
         h, w, c = self.input_shape
@@ -203,7 +262,7 @@ class Conv2D(ActivatedLayer):
             self._x = x
             return conv_reference.forward(x, self.params["kernel"], self.params.get("bias"), self.pads,
                                           self.stride, self.dilation, self.out_hw)
-        return self.forward_rows(x)
+        return self.forward_rows(x, keep=training)
 
     def backward_linear(self, dz):
         if self.implementation == "reference":
@@ -216,13 +275,75 @@ class Conv2D(ActivatedLayer):
             return dx
         return self.backward_rows(dz)
 
-    def forward_rows(self, x: np.ndarray, blocks: tuple[int, int] | None = None) -> np.ndarray:
+    # -- the im2col tiles (see "Bounded memory" in the module docstring) ------------------
+    def _row_width(self) -> tuple[int, int, int]:
+        """(k, width, padded width) of an im2col row: k = kh*kw*C window values, width =
+        k plus the bias's column of ones, padded to a multiple of 16 values (BLAS reads the
+        transposed cols of dW = cols^T @ delta measurably faster with aligned rows)."""
+        kh, kw = self.kernel_size
+        k = kh * kw * self.input_shape[2]
+        width = k + self.use_bias
+        return k, width, -(-width // 16) * 16
+
+    def tile_examples(self, itemsize: int) -> int:
+        """Examples per tile: as many as fit :data:`TILE_BYTES` of im2col, at least one."""
+        ho, wo = self.out_hw
+        return max(1, TILE_BYTES // (ho * wo * self._row_width()[2] * itemsize))
+
+    def im2col_bytes(self, batch: int, itemsize: int, keep: bool = True) -> int:
+        """Bytes of the im2col workspace for ``batch`` examples: the whole batch when it
+        fits :func:`memory_budget` and ``keep`` (a training step), else one tile. The
+        memory estimate (``cnncli.resources``) uses this same figure."""
+        ho, wo = self.out_hw
+        per_example = ho * wo * self._row_width()[2] * itemsize
+        if keep and batch * per_example <= memory_budget():
+            return batch * per_example
+        return min(batch, self.tile_examples(itemsize)) * per_example
+
+    def _tile_cols(self, buffer: np.ndarray, first: int, count: int) -> np.ndarray:
+        """The (count*H'*W', width) im2col rows of ``count`` examples, the ``first``-th
+        example's at the start, as a view of the flat workspace ``buffer``."""
+        ho, wo = self.out_hw
+        _, width, padded = self._row_width()
+        rows = ho * wo
+        return buffer[first * rows * padded:(first + count) * rows * padded].reshape(count * rows, padded)[:, :width]
+
+    def _im2col(self, windows8: np.ndarray, first: int, cols: np.ndarray, product=None) -> None:
+        """Copy the windows of examples ``first``.. into ``cols`` (the tile's rows, in the
+        order of ``windows8``), split over the engine's threads; with ``product = (w_aug,
+        z)`` also multiply each thread's rows into its rows of z (P, N*rows, F)."""
+        ph, pw, _, hb, wb, kh, kw, c = windows8.shape
+        count = cols.shape[0] // (ph * pw * hb * wb)
+        k = kh * kw * c
+        per_example = hb * wb  # rows per example and pooling offset
+        dest = cols[:, :k].reshape(ph, pw, count, hb, wb, kh, kw, c)  # a view: rows split, each row's k values split
+        if not np.may_share_memory(dest, cols):
+            raise AssertionError("im2col target is not a view of the workspace")
+        cols3 = cols.reshape(ph * pw, count * per_example, cols.shape[1])  # (P, rows of the tile, width)
+
+        def im2col_and_product(a, b):  # the tile's examples a..b
+            np.copyto(dest[:, :, a:b], windows8[:, :, first + a:first + b])
+            rows = slice(a * per_example, b * per_example)
+            if self.use_bias:
+                cols3[:, rows, k] = 1
+            if product is not None:
+                w_aug, z = product
+                np.matmul(cols3[:, rows], w_aug, out=z[:, (first + a) * per_example:(first + b) * per_example])
+
+        width = cols.shape[1]
+        f = self.filters
+        per_example_work = parallel.work(ph * pw * per_example * k,
+                                         ph * pw * per_example * width * f if product is not None else 0)
+        parallel.run(im2col_and_product, parallel.chunks(count, per_example_work))
+
+    def forward_rows(self, x: np.ndarray, blocks: tuple[int, int] | None = None, *, keep: bool = True) -> np.ndarray:
         """The fast forward pass, without the activation.
 
         ``blocks=None``: z (N, H', W', F). ``blocks=(ph, pw)`` (H' and W' multiples of
         them): the rows come window offset first, (ph*pw, N, H'/ph, W'/pw, F), so that a
         tiling max-pool reads contiguous blocks (``fusion.ConvMaxPool``); that array is a
-        workspace, valid until the next call.
+        workspace, valid until the next call. ``keep``: keep the im2col tiles for the
+        backward pass when they fit the memory budget (a training step).
         """
         n = x.shape[0]
         kh, kw = self.kernel_size
@@ -230,13 +351,7 @@ class Conv2D(ActivatedLayer):
         f = self.filters
         xp = pad_input(x, self.pads)  # (N, Hp, Wp, C)
         self._padded_shape = xp.shape
-        k = kh * kw * xp.shape[3]
-        # With a bias, cols carries a column of ones and the weights a row holding the
-        # bias: the product adds the bias, and cols^T @ delta yields db as its last row.
-        # Rows padded to a multiple of 16 values: BLAS reads the transposed cols of
-        # dW = cols^T @ delta measurably faster with aligned rows.
-        width = k + self.use_bias
-        cols = self.workspace("cols", (n * ho * wo, -(-width // 16) * 16), x.dtype)[:, :width]
+        k, width, padded = self._row_width()
         win = windows(xp, self.kernel_size, self.stride, self.dilation, self.out_hw)  # (N, H', W', kh, kw, C)
         ph, pw = blocks or (1, 1)
         if blocks is not None:
@@ -246,31 +361,25 @@ class Conv2D(ActivatedLayer):
                              (sh, sw, sn, ph * sh, pw * sw, sp, sq, sc), writeable=False)
         else:
             win = win[None, None]  # (1, 1, N, H', W', kh, kw, C)
-        dest = cols[:, :k].reshape(win.shape)  # a view: rows split, each row's k values split
-        if not np.may_share_memory(dest, cols):
-            raise AssertionError("im2col target is not a view of the workspace")
+        # With a bias, cols carries a column of ones and the weights a row holding the
+        # bias: the product adds the bias, and cols^T @ delta yields db as its last row.
         w_aug = self.workspace("w_aug", (width, f), x.dtype)
         w_aug[:k] = self.params["kernel"].reshape(k, f)  # (kh*kw*C, F)
         if self.use_bias:
             w_aug[k] = self.params["bias"]
-        # Row blocks (one per pooling offset, or one): (P, N*H'/ph*W'/pw, width)
         per_example = (ho // ph) * (wo // pw)
-        cols3 = cols.reshape(ph * pw, n * per_example, width)
         if blocks is None:  # the output may leave the network: a new array
             z = np.empty((1, n * per_example, f), dtype=x.dtype)
         else:  # only the max-pool after this layer reads it, within the same step
             z = self.workspace("z_blocked", (ph * pw, n * per_example, f), x.dtype)
-
-        def im2col_and_product(a, b):  # examples a..b: copy their windows, multiply their rows
-            np.copyto(dest[:, :, a:b], win[:, :, a:b])
-            rows = slice(a * per_example, b * per_example)
-            if self.use_bias:
-                cols3[:, rows, k] = 1
-            np.matmul(cols3[:, rows], w_aug, out=z[:, rows])
-
-        per_example_work = parallel.work(ho * wo * k, ho * wo * width * f)  # im2col copy, product
-        parallel.run(im2col_and_product, parallel.chunks(n, per_example_work))
-        self._cols = cols
+        itemsize = x.dtype.itemsize
+        tile = self.tile_examples(itemsize)
+        kept = self.im2col_bytes(n, itemsize, keep) == n * ho * wo * padded * itemsize
+        buffer = self.growing_workspace("cols", self.im2col_bytes(n, itemsize, keep) // itemsize, x.dtype)
+        for first in range(0, n, tile):
+            count = min(tile, n - first)
+            self._im2col(win, first, self._tile_cols(buffer, first if kept else 0, count), (w_aug, z))
+        self._windows, self._cols_buffer, self._cols_kept, self._tile = win, buffer, kept, tile
         if blocks is None:
             return z.reshape(n, ho, wo, f)  # (N, H', W', F)
         return z.reshape(ph * pw, n, ho // ph, wo // pw, f)  # (ph*pw, N, H'/ph, W'/pw, F)
@@ -286,35 +395,62 @@ class Conv2D(ActivatedLayer):
         return crop(self._input_gradient(dz, blocks), self.pads)
 
     def _weight_gradient(self, dz: np.ndarray) -> None:
+        """dW and db, summed tile by tile in tile order: (((tile 0) + tile 1) + ...)."""
         f = self.filters
         kernel = self.params["kernel"]
-        dz2d = dz.reshape(-1, f)  # (rows, F), in the row order of cols
-        cols = self._cols
+        win, tile = self._windows, self._tile
+        n = win.shape[2]
+        blocks = win.shape[0] * win.shape[1]
+        dz3 = dz.reshape(blocks, -1, f)  # (P, N*rows, F), rows in the order of cols
+        rows = dz3.shape[1] // n  # per example and pooling offset
+        _, width, _ = self._row_width()
+        grads = np.empty((width, f), dtype=dz.dtype)  # (kh*kw*C [+1], F)
+        for first in range(0, n, tile):
+            count = min(tile, n - first)
+            cols = self._tile_cols(self._cols_buffer, first if self._cols_kept else 0, count)
+            if not self._cols_kept:  # the tile's windows again, from the kept input
+                self._im2col(win, first, cols)
+            if count == n:  # one tile: the rows of dz as they are
+                delta = dz3.reshape(-1, f)
+            elif blocks == 1:
+                delta = dz3[0, first * rows:(first + count) * rows]
+            else:  # the tile's rows in the order of its cols: (P, count*rows, F)
+                delta = self.workspace("delta_tile", (blocks, count * rows, f), dz.dtype)
+                np.copyto(delta, dz3[:, first * rows:(first + count) * rows])
+                delta = delta.reshape(-1, f)
+            if first == 0:
+                self._tile_weight_gradient(cols, delta, grads)
+            else:
+                partial = self.workspace("dw_tile", (width, f), dz.dtype)
+                self._tile_weight_gradient(cols, delta, partial)
+                grads += partial
+        k = kernel.size // f
+        self.grads["kernel"] = grads[:k].reshape(kernel.shape)  # HWIO
+        if self.use_bias:
+            self.grads["bias"] = grads[k]
+
+    def _tile_weight_gradient(self, cols: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
+        """out = cols^T @ delta, (width, F), split over the engine's threads."""
+        f = self.filters
         width = cols.shape[1]
-        # (kh*kw*C [+1], F): the sums over rows do not mind their order
-        grads = np.empty((width, f), dtype=dz.dtype)
         if width >= 128:  # each thread: its own rows of dW (its columns of cols)
             def weight_gradient(a, b):
-                np.matmul(cols[:, a:b].T, dz2d, out=grads[a:b])
+                np.matmul(cols[:, a:b].T, delta, out=out[a:b])
 
             per_column = parallel.work(macs=cols.shape[0] * f)
             parallel.run(weight_gradient, parallel.chunks(width, per_column, align=16))
         else:  # too few columns to share out evenly: each thread sums over its rows of cols
             ranges = parallel.chunks(cols.shape[0], parallel.work(macs=width * f))
-            partial = self.workspace("dw_partial", (len(ranges) - 1, width, f), dz.dtype)
+            partial = self.workspace("dw_partial", (len(ranges) - 1, width, f), delta.dtype)
             first = {a: i for i, (a, _) in enumerate(ranges)}
 
             def weight_gradient(a, b):
                 i = first[a]
-                np.matmul(cols[a:b].T, dz2d[a:b], out=grads if i == 0 else partial[i - 1])
+                np.matmul(cols[a:b].T, delta[a:b], out=out if i == 0 else partial[i - 1])
 
             parallel.run(weight_gradient, ranges)
             for extra in partial:
-                grads += extra
-        k = kernel.size // f
-        self.grads["kernel"] = grads[:k].reshape(kernel.shape)  # HWIO
-        if self.use_bias:
-            self.grads["bias"] = grads[k]
+                out += extra
 
     def _input_gradient(self, dz: np.ndarray, blocks: tuple[int, int] | None) -> np.ndarray:
         """dX_pad from delta: col2im, one kernel offset at a time, split by examples.
