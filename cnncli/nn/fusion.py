@@ -168,7 +168,10 @@ class ConvMaxPool(Step):
         if not self._winner_known:  # the forward pass was inference: record the winners now
             self.forward(self._x, training=True)
         act = self.activation
-        dz = self.conv.workspace("dz_blocked", self._blocked_shape, dy.dtype)  # (P, N, H'', W'', F)
+        # (P, N, H'', W'', F) in the conv's output workspace: the pooling has read it, and the
+        # backward pass needs only the winners (one array of this size less to keep).
+        p, n, hb, wb, f = self._blocked_shape
+        dz = self.conv.workspace("z_blocked", (p, n * hb * wb, f), dy.dtype).reshape(self._blocked_shape)
 
         def route(a, b):  # examples a..b
             d = dy[a:b] if act is None else act.backward(

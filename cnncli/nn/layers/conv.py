@@ -80,6 +80,8 @@ IMPLEMENTATIONS = ("fast", "reference")
 TILE_BYTES = 64 * 2**20
 #: im2col bytes a layer may keep for the whole batch between forward and backward.
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
+#: Rows of delta a thread turns into dX at a time (at least one example's).
+INPUT_GRADIENT_ROWS = 8192
 _budget: int | None = None
 
 
@@ -456,9 +458,12 @@ class Conv2D(ActivatedLayer):
         """dX_pad from delta: col2im, one kernel offset at a time, split by examples.
 
         For each offset (p, q), ``delta @ W[p, q]^T`` is that offset's share of every
-        window, (N*H'*W', C), added into the strided slice of dX_pad it came from. Same
+        window, (rows, C), added into the strided slice of dX_pad it came from. Same
         sums as building all of ``dcols = delta @ W^T`` and scattering it back window by window,
-        but each product is added while it is still in cache.
+        but each product is added while it is still in cache. Each thread works through
+        its examples a few at a time (about :data:`INPUT_GRADIENT_ROWS` rows), so the
+        scratch stays small however large the images; every example's dX is the same
+        sums in the same order whatever the grouping.
         """
         kernel = self.params["kernel"]
         n, hp, wp, c = self._padded_shape
@@ -466,29 +471,39 @@ class Conv2D(ActivatedLayer):
         (kh, kw), (s_h, s_w), (d_h, d_w), (ho, wo) = self.kernel_size, self.stride, self.dilation, self.out_hw
         kernel_t = self.workspace("kernel_t", (kh, kw, f, c), kernel.dtype)
         np.copyto(kernel_t, kernel.transpose(0, 1, 3, 2))  # (kh, kw, F, C)
-        share = self.workspace("share", (n * ho * wo, c), dz.dtype)  # (N*H'*W', C)
         dxp = self.workspace("dxp", self._padded_shape, dz.dtype)
+        per_example = ho * wo
+        adds = per_example * kh * kw * c  # per example: the elements added into dX
+        ranges = parallel.chunks(n, parallel.work(adds, adds * f))
+        slot = {a: i for i, (a, _) in enumerate(ranges)}  # each thread's own scratch
+        group = max(1, min(INPUT_GRADIENT_ROWS // per_example, max(b - a for a, b in ranges)))
+        share = self.workspace("share", (len(ranges), group * per_example, c), dz.dtype)
         if blocks is not None:  # back to (N, H', W', F) rows for the scatter
             ph, pw = blocks
             blocked = dz.reshape(ph, pw, n, ho // ph, wo // pw, f)
-            delta = self.workspace("delta_rows", (n, ho // ph, ph, wo // pw, pw, f), dz.dtype)
+            natural = self.workspace("delta_rows", (len(ranges), group, ho // ph, ph, wo // pw, pw, f), dz.dtype)
         else:
-            delta = dz.reshape(n, ho, wo, f)
-        delta_rows = delta.reshape(n * ho * wo, f)  # (N*H'*W', F)
-        per_example = ho * wo
+            delta_rows = dz.reshape(n * per_example, f)  # (N*H'*W', F)
 
-        def scatter(a, b):  # examples a..b
-            if blocks is not None:
-                np.copyto(delta[a:b], blocked[:, :, a:b].transpose(2, 3, 0, 4, 1, 5))
-            dxp[a:b].fill(0)
-            rows = slice(a * per_example, b * per_example)
-            for p in range(kh):
-                hs = slice(p * d_h, p * d_h + s_h * (ho - 1) + 1, s_h)
-                for q in range(kw):
-                    ws = slice(q * d_w, q * d_w + s_w * (wo - 1) + 1, s_w)
-                    np.matmul(delta_rows[rows], kernel_t[p, q], out=share[rows])
-                    dxp[a:b, hs, ws, :] += share[rows].reshape(b - a, ho, wo, c)
+        def scatter(a, b):  # examples a..b, ``group`` at a time
+            i = slot[a]
+            for first in range(a, b, group):
+                last = min(b, first + group)
+                m = last - first
+                if blocks is not None:
+                    delta = natural[i, :m]  # (m, H'/ph, ph, W'/pw, pw, F) = (m, H', W', F)
+                    np.copyto(delta, blocked[:, :, first:last].transpose(2, 3, 0, 4, 1, 5))
+                    delta = delta.reshape(m * per_example, f)
+                else:
+                    delta = delta_rows[first * per_example:last * per_example]
+                part = share[i, :m * per_example]  # (m*H'*W', C)
+                dxp[first:last].fill(0)
+                for p in range(kh):
+                    hs = slice(p * d_h, p * d_h + s_h * (ho - 1) + 1, s_h)
+                    for q in range(kw):
+                        ws = slice(q * d_w, q * d_w + s_w * (wo - 1) + 1, s_w)
+                        np.matmul(delta, kernel_t[p, q], out=part)
+                        dxp[first:last, hs, ws, :] += part.reshape(m, ho, wo, c)
 
-        adds = per_example * kh * kw * c  # per example: the elements added into dX
-        parallel.run(scatter, parallel.chunks(n, parallel.work(adds, adds * f)))
+        parallel.run(scatter, ranges)
         return dxp
