@@ -23,6 +23,7 @@ or failed by an error of their own.
 from __future__ import annotations
 
 import json
+import os
 import queue as queues
 import shutil
 import time
@@ -31,8 +32,9 @@ from typing import Any, Callable
 from cnncli import plugins, runs
 from cnncli.errors import ConfigError, InputError, RunFolderError
 from cnncli.tracking import abandon, trial_tracking
-from cnncli.sweep import (Sweep, SweepSpec, _finish, _trial_metrics_rows, blas_threads, run_sweep, run_trial,
-                          sweep_tracking, threads_per_worker, trial_config)
+from cnncli.sweep import (Sweep, SweepSpec, _finish, _trial_metrics_rows, blas_threads, claimed_trials,
+                          end_with_parent, run_sweep, run_trial, running_sweep, sweep_tracking, threads_per_worker,
+                          trial_config)
 
 #: A study trial that was running when its sweep died, asked again (a user attribute).
 REQUEUED = "cnncli_requeued"
@@ -202,18 +204,22 @@ def recover(study, sweep: Sweep, space: dict) -> list[int]:
                 sweep.records[t.number] = {"index": t.number, "status": "failed", "metrics": {},
                                            "reason": f"the study holds it as {t.state.name.lower()}"}
     again = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        optuna.trial.Trial(study, t._trial_id).set_user_attr(REQUEUED, True)
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        if set(t.params) >= set(space):  # killed while asking: nothing ran, nothing to ask again
-            study.enqueue_trial(t.params)
-        folder = sweep.folder / f"trial-{t.number:03d}"
-        if folder.exists():
-            abandon(folder)  # its MLflow run, if it had one, ends KILLED rather than RUNNING forever
-            shutil.rmtree(folder)
-        sweep.records[t.number] = {"index": t.number, "status": "requeued", "metrics": {},
-                                   "reason": "running when the sweep stopped; its values are asked again"}
-        again.append(t.number)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    # No worker of the sweep that died may still write into a folder cleared here; the
+    # study is told nothing until then, so a refusal leaves the sweep as it was.
+    with claimed_trials(sweep.folder, [t.number for t in running]):
+        for t in running:
+            optuna.trial.Trial(study, t._trial_id).set_user_attr(REQUEUED, True)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            if set(t.params) >= set(space):  # killed while asking: nothing ran, nothing to ask again
+                study.enqueue_trial(t.params)
+            folder = sweep.folder / f"trial-{t.number:03d}"
+            if folder.exists():
+                abandon(folder)  # its MLflow run, if it had one, ends KILLED rather than RUNNING forever
+                shutil.rmtree(folder)
+            sweep.records[t.number] = {"index": t.number, "status": "requeued", "metrics": {},
+                                       "reason": "running when the sweep stopped; its values are asked again"}
+            again.append(t.number)
     return again
 
 
@@ -294,22 +300,23 @@ def run_search(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address:
     notify = on_update or (lambda event, index, record: None)
     spec = sweep.spec
     base = trial_config(spec, {}, 0, sweep.folder)  # the base config must hold before anything is sampled
-    study = open_study(sweep, base["train"]["epochs"], create=create)
-    space = distributions(spec)
-    for number in recover(study, sweep, space):
-        notify("requeued", number, None)
-    driver = Driver(sweep, study, space)
-    sweep.save()
-    prune = (spec.pruner or {}).get("name", "none") != "none"
-    with sweep_tracking(sweep, base, on_warning) as parent:
-        driver.parent = parent
-        if executor == "dask":
-            _run_dask(driver, jobs, address, notify, prune)
-        elif jobs <= 1:
-            _run_here(driver, notify, prune)
-        else:
-            _run_pool(driver, jobs, notify, prune)
-    sweep.save()
+    with running_sweep(sweep.folder):
+        study = open_study(sweep, base["train"]["epochs"], create=create)
+        space = distributions(spec)
+        for number in recover(study, sweep, space):
+            notify("requeued", number, None)
+        driver = Driver(sweep, study, space)
+        sweep.save()
+        prune = (spec.pruner or {}).get("name", "none") != "none"
+        with sweep_tracking(sweep, base, on_warning) as parent:
+            driver.parent = parent
+            if executor == "dask":
+                _run_dask(driver, jobs, address, notify, prune)
+            elif jobs <= 1:
+                _run_here(driver, notify, prune)
+            else:
+                _run_pool(driver, jobs, notify, prune)
+        sweep.save()
     return sweep
 
 
@@ -372,15 +379,20 @@ def _collect(driver: Driver, number: int, future, notify) -> None:
 def _run_pool(driver: Driver, jobs: int, notify, prune: bool) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing.managers import SyncManager
 
     sweep = driver.sweep
     threads = threads_per_worker(jobs)
     ctx = multiprocessing.get_context("spawn")
-    manager = ctx.Manager() if prune else None
+    manager = None
+    if prune:  # the queues' server process, like the workers, ends with this process however it ends
+        manager = SyncManager(ctx=ctx)
+        manager.start(initializer=end_with_parent, initargs=(os.getpid(),))
     requests = manager.Queue() if prune else None
     answers: dict[int, Any] = {}
     try:
-        with blas_threads(threads), ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with blas_threads(threads), ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=end_with_parent,
+                                                        initargs=(os.getpid(),)) as pool:
             def submit(number, config):
                 channel = None
                 if prune:

@@ -15,6 +15,13 @@ and keeps one row per trial.
 Trials run in worker processes (``jobs``), each limited to ``cores // jobs`` BLAS
 threads, or on a Dask distributed cluster (``executor: dask``), whose workers return
 their run folder as a compressed archive, so no shared filesystem is assumed.
+
+Worker processes end with the sweep's main process, however it ends (a SIGKILL from the
+OOM killer runs no cleanup in it): :func:`end_with_parent`. The process running a sweep
+holds ``.locks/sweep.lock`` in its folder, and the process running a trial holds
+``.locks/trial-NNN.lock``; the kernel releases a lock when its holder dies, so a resume
+that finds one held knows a live process still writes there and refuses in one line
+(after waiting :data:`SURVIVOR_WAIT_S` for a dying worker) rather than share the folder.
 """
 
 from __future__ import annotations
@@ -22,14 +29,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import ctypes
 import io
 import itertools
 import json
 import math
 import os
 import shutil
+import signal
+import sys
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +61,11 @@ SEARCHES = ("grid", "random") + SAMPLED
 PRUNERS = {"none": {}, "median": {"n_startup_trials": 5, "n_warmup_steps": 1},
            "hyperband": {"min_resource": 1, "max_resource": "auto", "reduction_factor": 3}}
 METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
+#: How long a resume waits for a trial's lock, held by a worker of a sweep that died (it
+#: ends within a second once its parent is gone), before refusing to touch the trial.
+SURVIVOR_WAIT_S = 10.0
+#: How often a worker without PR_SET_PDEATHSIG (not Linux) checks that its parent lives.
+PARENT_POLL_S = 0.5
 
 
 @dataclass
@@ -291,6 +307,131 @@ def trial_config(spec: SweepSpec, trial: dict[str, Any], index: int, folder: Pat
     return values
 
 
+# ------------------------------------------------------------- worker lifetime and locks
+#: linux/prctl.h: ask the kernel to send a signal to this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """Worker initializer: this process ends when ``parent_pid`` (the sweep's main
+    process, which started it) ends, however that ends.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); the
+    parent may have died before that was asked, so the parent is checked afterwards. Where
+    there is no prctl, a daemon thread polls ``os.getppid()`` (the parent of an orphan
+    changes to init or a subreaper)."""
+    asked = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            asked = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):  # no libc to load, or no prctl in it
+            asked = False
+    if os.getppid() != parent_pid:  # died before prctl, or before this worker started
+        os._exit(1)
+    if not asked:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="cnncli-parent-watch").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # at once, from this thread, with no cleanup: the trial's folder is the resume's now
+
+
+def sweep_lock_path(folder: str | Path) -> Path:
+    """Held by the process running the sweep in ``folder``."""
+    return Path(folder) / ".locks" / "sweep.lock"
+
+
+def trial_lock_path(folder: str | Path, index: int) -> Path:
+    """Held by the process running trial ``index`` into ``folder/trial-NNN``."""
+    return Path(folder) / ".locks" / f"trial-{index:03d}.lock"
+
+
+class FolderLock:
+    """An exclusive ``flock`` on a lock file that names its holder's pid. The kernel
+    releases it when the holder's process dies, however it dies, so a held lock means a
+    live process. The file itself stays (unlinking it would race with the next holder).
+    Where there is no ``fcntl`` (Windows) it is always free."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = None
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free (never waits); True when this process holds it."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 (held open as long as the lock is)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            return False
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def holder(self) -> str:
+        """The holder's pid as it wrote it (``?`` when it is not written yet)."""
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file releases the flock
+            self._fh = None
+
+
+@contextlib.contextmanager
+def running_sweep(folder: Path):
+    """Hold the sweep's lock while it runs; a sweep that another live process runs is refused."""
+    lock = FolderLock(sweep_lock_path(folder))
+    if not lock.acquire():
+        raise RunFolderError(f"{folder}: this sweep is being run by process {lock.holder()}; let it finish or stop "
+                             "it, then --resume again")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def claimed_trials(folder: Path, indices: list[int]):
+    """Hold the locks of trials about to be cleared and run again, so that no worker of a
+    sweep that died still writes into their folders. A lock still held after
+    :data:`SURVIVOR_WAIT_S` (a worker that did not end with its sweep) is refused in one
+    line, before anything is touched."""
+    waiting = {i: FolderLock(trial_lock_path(folder, i)) for i in indices}
+    held: list[FolderLock] = []
+    deadline = time.monotonic() + SURVIVOR_WAIT_S
+    try:
+        while waiting:
+            for i, lock in list(waiting.items()):
+                if lock.acquire():
+                    held.append(waiting.pop(i))
+            if not waiting:
+                break
+            if time.monotonic() >= deadline:
+                i, lock = next(iter(waiting.items()))
+                raise RunFolderError(f"{folder}: trial-{i:03d} is still being run by process {lock.holder()} (a "
+                                     "worker of the sweep that stopped); end it, then --resume again")
+            time.sleep(0.05)
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
 # ------------------------------------------------------------------------------ trials
 class PruneReporter(Callback):
     """After each epoch, report the sweep's metric to the pruner (``channel.report``) and
@@ -313,7 +454,20 @@ def run_trial(index: int, values: dict, target: str | None, threads: int | None 
     """Run one trial (in a worker). With ``target`` None the run folder comes back as bytes;
     ``plugin_files`` (by SHA-256) bring the plugins' sources to a worker on another machine;
     ``prune`` (a ``cnncli.search.PruneChannel``) hears ``metric`` after each epoch and may
-    stop the trial (status ``pruned``)."""
+    stop the trial (status ``pruned``). Into ``target`` it runs holding the trial's lock."""
+    if target is None:
+        return _run_trial(index, values, target, threads, plugin_files, prune, metric)
+    lock = FolderLock(trial_lock_path(target, index))
+    if not lock.acquire():  # a worker of a sweep that died still writes there: never share its folder
+        return {"index": index, "status": "failed", "metrics": {}, "seconds": 0.0,
+                "reason": f"trial-{index:03d} is being run by process {lock.holder()}"}
+    try:
+        return _run_trial(index, values, target, threads, plugin_files, prune, metric)
+    finally:
+        lock.release()
+
+
+def _run_trial(index, values, target, threads, plugin_files, prune, metric) -> dict:
     if threads:
         _limit_threads(threads)
     from cnncli.experiment import train
@@ -485,7 +639,7 @@ class Sweep:
             rec = self.records.get(i, {})
             metrics = rec.get("metrics") or {}
             trial = self.spec.trials[i]
-            body.append([str(rank), f"trial-{i:03d}", *(str(trial.get(k)) for k in varying),
+            body.append([str(rank), f"trial-{i:03d}", *(value_text(trial.get(k)) for k in varying),
                          _fmt(metrics.get(f"best_{m}")), _fmt(metrics.get(f"final_{m}")),
                          str(metrics.get("epochs", "")), rec.get("status", "pending"),
                          _fmt(rec.get("seconds"), 1)])
@@ -520,6 +674,14 @@ class Sweep:
             link.symlink_to(target, target_is_directory=True)
         except OSError:  # no symlinks here: a text pointer
             runs.atomic_write_text(link, target + "\n")
+
+
+def value_text(value) -> str:
+    """A trial's value as the leaderboard shows it: a mapping or a list as one line of YAML
+    (``{name: sgd, lr: 0.01}``, as a sweep file writes it), anything else as it prints."""
+    if isinstance(value, (dict, list)):
+        return yamlfiles.inline(value)
+    return str(value)
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -558,7 +720,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: 
     if sweep.spec.sampled:  # Optuna asks for the trials one by one: a layer above this one
         raise ValueError(f"search: {sweep.spec.search} sweeps run with cnncli.search.run_search")
     configs = trial_configs(sweep.spec, sweep.folder)  # validated up front, before any trial starts
-    with sweep_tracking(sweep, configs[0], on_warning) as parent:
+    with running_sweep(sweep.folder), sweep_tracking(sweep, configs[0], on_warning) as parent:
         from cnncli.tracking import trial_tracking
 
         configs = [trial_tracking(c, parent) for c in configs]
@@ -568,11 +730,12 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, executor: str = "local", address: 
 def _run_pending(sweep: Sweep, configs: list[dict], jobs: int, executor: str, address: str | None,
                  on_update) -> Sweep:
     pending = sweep.pending()
-    for i in pending:  # a trial that was running or failed starts again from nothing
-        folder = sweep.folder / f"trial-{i:03d}"
-        if folder.exists():
-            shutil.rmtree(folder)
-        sweep.records.pop(i, None)
+    with claimed_trials(sweep.folder, pending):
+        for i in pending:  # a trial that was running or failed starts again from nothing
+            folder = sweep.folder / f"trial-{i:03d}"
+            if folder.exists():
+                shutil.rmtree(folder)
+            sweep.records.pop(i, None)
     sweep.save()
     notify = on_update or (lambda event, index, record: None)
     if not pending:
@@ -632,7 +795,8 @@ def _run_local_pool(sweep: Sweep, configs, pending, jobs: int, notify) -> None:
         ctx = multiprocessing.get_context("spawn")
         queue = list(pending)
         while queue:  # a worker that dies (killed, out of memory) breaks its pool: go on in a new one
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=end_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = {}
                 broken = False
                 while (queue and not broken) or futures:

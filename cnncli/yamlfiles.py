@@ -4,6 +4,9 @@
   strings, so ``lr: 1e-3`` and ``--set optimizer.lr=1e-3`` would not mean the number.
   The dumper quotes such strings in turn, so that they load back as strings.
 * A mapping that gives a key twice is refused (YAML would keep the last silently).
+* The dumper writes every value out where it occurs, never as an ``&id001`` anchor and
+  ``*id001`` alias: the files are read by people (a sweep's trials share their grid's
+  values), and a file edited at the anchor would change every alias with it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ class Loader(yaml.SafeLoader):
 
 
 class Dumper(yaml.SafeDumper):
-    """``yaml.safe_dump`` that quotes strings which :class:`Loader` would read as floats."""
+    """``yaml.safe_dump`` that quotes strings which :class:`Loader` would read as floats,
+    and repeats shared values rather than writing anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _construct_mapping(loader: Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -54,6 +61,13 @@ def parse(text: str) -> Any:
 
 def dump(obj: Any) -> str:
     return yaml.dump(obj, Dumper=Dumper, sort_keys=False, default_flow_style=None)
+
+
+def inline(obj: Any) -> str:
+    """``obj`` on one line, in YAML's flow style, keys in their order: ``{name: sgd, lr: 0.01}``,
+    as a user writes it in a config or a ``--set`` value."""
+    text = yaml.dump(obj, Dumper=Dumper, sort_keys=False, default_flow_style=True, width=float("inf"))
+    return text.removesuffix("\n...\n").strip()  # a lone scalar ends with YAML's document-end marker
 
 
 def read(path: str | Path) -> Any:

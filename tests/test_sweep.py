@@ -562,7 +562,65 @@ def test_dask_executor_without_a_reachable_scheduler_is_a_user_error(tmp_path):
     assert "--address" in result.stderr
 
 
-# ------------------------------------------------------------------- 7. runs and compare
+# ---------------------------------------------------------- 7. dict-valued grids read well
+OPTIMIZERS = [{"name": "sgd", "lr": 0.01}, {"name": "adam", "lr": 0.001}]
+
+
+def anchors_and_aliases(text: str) -> list:
+    """YAML's events that are an ``&anchor`` or a ``*alias``."""
+    return [e for e in yaml.parse(text) if isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None)]
+
+
+def test_saved_yaml_repeats_shared_values_instead_of_anchors():
+    from cnncli import yamlfiles
+
+    shared = {"name": "sgd", "lr": 0.01}
+    text = yamlfiles.dump({"grid": {"optimizer": [shared]}, "trials": [{"optimizer": shared}, {"optimizer": shared}]})
+    assert anchors_and_aliases(text) == [], text
+    assert yamlfiles.parse(text) == {"grid": {"optimizer": [shared]}, "trials": [{"optimizer": shared}] * 2}
+
+
+def test_a_dict_valued_grid_reads_well_in_sweep_yaml_and_the_leaderboard(tmp_path):
+    path = write_sweep_file(tmp_path / "optimizers.yaml", {
+        "overrides": ["data.num_samples=240", "model.input_shape=[8,8,3]", "train.epochs=1"],
+        "grid": {"optimizer": OPTIMIZERS}})
+    result = cli("sweep", path, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    folder = only_sweep(tmp_path / "runs")
+
+    saved = (folder / "sweep.yaml").read_text()
+    assert anchors_and_aliases(saved) == [], saved  # each trial's values written out, no &id001 / *id001
+    assert [t["overrides"] for t in yaml.safe_load(saved)["trials"]] == [{"optimizer": o} for o in OPTIMIZERS]
+    assert sweeps.Sweep.open(folder).spec.trials == [{"optimizer": o} for o in OPTIMIZERS]
+
+    board = (folder / "leaderboard.md").read_text()
+    for text in (board, result.stdout):  # as a sweep file writes them, not Python's repr
+        assert "{name: sgd, lr: 0.01}" in text and "{name: adam, lr: 0.001}" in text, text
+        assert "'name'" not in text, text
+
+
+def test_printed_leaderboard_shows_values_with_brackets(tmp_path):
+    """A list value is shown as YAML and printed as text: rich would read "[relu, tanh]"
+    as a style tag and drop it."""
+    from cnncli.cli.common import console
+    from cnncli.cli.sweep import print_leaderboard
+
+    values = [["relu", "tanh"], ["tanh", "relu"]]
+    spec = sweeps.SweepSpec(base=str(QUICKSTART), name="x", overrides=[], grid={"key": values}, random={},
+                            trials=[{"key": v} for v in values])
+    records = {i: {"index": i, "status": "completed", "path": f"trial-{i:03d}", "seconds": 1.0,
+                   "metrics": {"epochs": 1, "best_val_accuracy": 0.5 + i / 10, "final_val_accuracy": 0.5}}
+               for i in range(2)}
+    for i in range(2):
+        (tmp_path / f"trial-{i:03d}").mkdir()
+    sw = sweeps.Sweep(tmp_path, spec, records)
+    assert [row[2] for row in sw.leaderboard_rows()[1]] == ["[tanh, relu]", "[relu, tanh]"]
+    with console.capture() as captured:
+        print_leaderboard(sw)
+    assert "[tanh, relu]" in captured.get() and "[relu, tanh]" in captured.get(), captured.get()
+
+
+# ------------------------------------------------------------------- 8. runs and compare
 def test_runs_lists_runs_and_sweeps_with_counts(parallel_sweep, tmp_path):
     folder, _, _, _ = parallel_sweep
     runs_dir = tmp_path / "runs"
