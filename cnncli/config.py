@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cnncli import plugins, yamlfiles
+from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS, PILLOW_BOMB_LIMIT
 from cnncli.errors import ConfigError, ShapeError
 from cnncli.nn import validate
 from cnncli.nn.validate import known_keys
@@ -51,12 +52,14 @@ DATA_COMMON = {
 }
 DATA_BY_SOURCE: dict[str, dict[str, Any]] = {
     "synthetic": {"num_samples": 1200, "num_classes": 3, "noise": 0.1},
-    "image_folder": {"path": None, "on_bad_image": "error", "cache": True},
+    "image_folder": {"path": None, "on_bad_image": "error", "cache": True,
+                     "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS},
     "npz": {"path": None, "x_key": "x", "y_key": "y"},
     "idx": {"path": None, "train_prefix": "train", "test_prefix": "t10k", "use_test": True},
-    "csv": {"path": None, "on_bad_image": "error", "cache": True},
+    "csv": {"path": None, "on_bad_image": "error", "cache": True, "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS},
     # Datasets by name (cnncli.data.datasets): fetched, verified and cached on first use.
-    "caltech101": {"classes": ["Motorbikes", "airplanes"], "on_bad_image": "error", "cache": True},
+    "caltech101": {"classes": ["Motorbikes", "airplanes"], "on_bad_image": "error", "cache": True,
+                   "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS},
     "mnist": {"use_test": True},
     "fashion_mnist": {"use_test": True},
     "cifar10": {"use_test": True},
@@ -429,6 +432,11 @@ def resolve_data(raw: dict, *, check_paths: bool) -> dict:
             raise ConfigError("data.classes", "a list of at least 2 different class names", classes)
     if "on_bad_image" in out:
         _in("data", validate.choice, "on_bad_image", out["on_bad_image"], ("error", "skip"), "error or skip")
+    if "max_image_pixels" in out:  # checked from each image's header before decoding (cnncli.data.images)
+        pixels = out["max_image_pixels"]
+        if not validate.is_int(pixels) or not 1 <= pixels <= PILLOW_BOMB_LIMIT:
+            raise ConfigError("data.max_image_pixels", f"an int from 1 to {PILLOW_BOMB_LIMIT} (Pillow's "
+                              "decompression-bomb limit)", pixels)
     for key in ("cache", "use_test"):
         if key in out:
             _in("data", validate.boolean, key, out[key])

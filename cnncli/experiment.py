@@ -637,17 +637,17 @@ def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str | 
     """Class and probabilities of each image file (folders and glob patterns expanded by
     :func:`image_files`), with the run's preprocessing, in batches of ``eval.batch_size``.
 
-    A file that is not a readable image is skipped and listed in ``skipped``; with
-    ``strict`` it is refused in one line instead.
+    A file that is not a readable image, or that the image policy refuses (an image
+    larger than the run's ``data.max_image_pixels``: see :mod:`cnncli.data.images`), is
+    skipped and listed in ``skipped``; with ``strict`` it is refused in one line instead.
     """
-    from PIL import Image
-
-    from cnncli.data.image_folder import load_image
+    from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image
 
     config, network, loss, info, _ = load_run(run_dir, checkpoint)
     shape = tuple(config["model"]["input_shape"])
     if len(shape) != 3 or shape[2] not in (1, 3):
         raise DataError(f"predict reads image files; this model's input_shape is {list(shape)}")
+    max_pixels = config["data"].get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)  # npz/idx runs: the default
     files = image_files(images)
     names = list(info.get("class_names") or [])
     result = Predictions([], names)
@@ -656,12 +656,12 @@ def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str | 
         arrays, read = [], []
         for path in files[start:start + batch]:
             try:
-                arrays.append(load_image(path, *shape))
+                arrays.append(load_image(path, *shape, max_pixels=max_pixels))
                 read.append(path)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            except BadImageError as err:
                 if strict:
-                    raise DataError(f"{path}: not a readable image ({err})") from None
-                result.skipped.append((str(path), str(err) or type(err).__name__))
+                    raise
+                result.skipped.append((str(path), err.reason))
         if not arrays:
             continue
         x = apply_normalization(np.stack(arrays), normalization_of(info), network.dtype.type)  # (B, H, W, C)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from cnncli.errors import DataError
 
 
@@ -92,6 +93,9 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
     """(x_train, y_train, x_test or None, y_test or None, class names, info) as stored."""
     source = data["source"]
     info: dict = {"source": source}
+    # data.max_image_pixels exists for the sources that read image files (cnncli.data.images).
+    max_pixels = data.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    animated: list[str] = []  # files read as their first frame: recorded when there are any
     x_test = y_test = None
     if source == "synthetic":
         from cnncli.data.synthetic import make_synthetic
@@ -106,17 +110,19 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
         if len(input_shape) != 3:
             raise DataError(f"image_folder needs input_shape [H, W, C]; got {list(input_shape)}")
         loaded = load_image_folder(data["path"], tuple(input_shape), on_bad_image=data["on_bad_image"],
-                                   cache_dir=cache_dir if data["cache"] else None)
+                                   cache_dir=cache_dir if data["cache"] else None, max_pixels=max_pixels)
         x, y, names = loaded.x, loaded.y, loaded.class_names
         info.update(skipped=loaded.skipped, cached=loaded.cached)
+        animated += loaded.animated
         if data["test_path"]:
             test = load_image_folder(data["test_path"], tuple(input_shape), on_bad_image=data["on_bad_image"],
-                                     cache_dir=cache_dir if data["cache"] else None)
+                                     cache_dir=cache_dir if data["cache"] else None, max_pixels=max_pixels)
             if test.class_names != names:
                 raise DataError(f"{data['test_path']}: classes {test.class_names} differ from the training "
                                 f"folder's {names}")
             x_test, y_test = test.x, test.y
             info["skipped"] = loaded.skipped + test.skipped
+            animated += test.animated
     elif source == "npz":
         from cnncli.data.npz import load_npz
 
@@ -130,9 +136,11 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
 
         root, checked = datasets.prepare(source, on_fetch=on_fetch)
         loaded = load_image_folder(root, tuple(input_shape), on_bad_image=data["on_bad_image"],
-                                   cache_dir=cache_dir if data["cache"] else None, classes=data["classes"])
+                                   cache_dir=cache_dir if data["cache"] else None, classes=data["classes"],
+                                   max_pixels=max_pixels)
         x, y, names = loaded.x, loaded.y, loaded.class_names
         info.update(skipped=loaded.skipped, cached=loaded.cached, dataset=_dataset_record(source, checked))
+        animated += loaded.animated
     elif source == "cifar10":
         from cnncli.data import datasets
         from cnncli.data.cifar import load_cifar10
@@ -146,10 +154,11 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
         if len(input_shape) != 3:
             raise DataError(f"csv needs input_shape [H, W, C]; got {list(input_shape)}")
         read = lambda path: load_csv_images(path, tuple(input_shape), on_bad_image=data["on_bad_image"],  # noqa: E731
-                                            cache_dir=cache_dir if data["cache"] else None)
+                                            cache_dir=cache_dir if data["cache"] else None, max_pixels=max_pixels)
         loaded = read(data["path"])
         x, y, names = loaded.x, loaded.y, loaded.class_names
         info.update(skipped=loaded.skipped, cached=loaded.cached)
+        animated += loaded.animated
         if data["test_path"]:
             test = read(data["test_path"])
             if test.class_names != names:
@@ -157,6 +166,7 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
                                 f"{names}")
             x_test, y_test = test.x, test.y
             info["skipped"] = loaded.skipped + test.skipped
+            animated += test.animated
     elif source in ("mnist", "fashion_mnist"):
         from cnncli.data import datasets
         from cnncli.data.idx import load_idx_pair
@@ -179,6 +189,8 @@ def load_raw(data: dict, input_shape: tuple[int, ...], seed: int, cache_dir: str
             except DataError:
                 x_test = y_test = None
         names = None
+    if animated:
+        info["animated"] = animated
     if names is None:
         top = int(max(y.max(), y_test.max() if y_test is not None else 0))
         names = [str(i) for i in range(top + 1)]

@@ -10,8 +10,9 @@ ignored, and so are blank lines; a path or label holding a line break or other c
 character is refused. If the first row is literally ``path,label`` it is a
 header and skipped. Images keep the order of the rows.
 
-Each image is decoded as image_folder decodes it (:func:`~cnncli.data.image_folder.load_image`:
-converted to the configured channels, resized bilinearly). A row whose image does not
+Each image is decoded as image_folder decodes it (:func:`~cnncli.data.images.load_image`:
+converted to the configured channels, resized bilinearly, ``max_pixels`` checked from
+its header before decoding). A row whose image does not
 exist is an error; an image that cannot be decoded is an error too, or, with
 ``on_bad_image: skip``, left out and listed. Errors name the CSV file and the line
 (``train.csv:7: ...``, counted from 1 as an editor counts; a quoted field spanning
@@ -31,6 +32,7 @@ from pathlib import Path
 
 
 from cnncli.data.image_folder import FolderImages, cache_key, decode, lookup_cache
+from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from cnncli.errors import DataError
 
 HEADER = ["path", "label"]
@@ -86,10 +88,10 @@ def read_rows(csv_path: Path, raw: bytes) -> list[tuple[int, Path, str]]:
 
 
 def csv_cache_key(raw: bytes, rows: list[tuple[int, Path, str]], csv_path: Path,
-                  shape: tuple[int, int, int]) -> str:
+                  shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
     """The CSV's bytes and image_folder's key over its files (sizes, modification times,
     the CSV's folder, the shape)."""
-    files_key = cache_key([(label, [path]) for _, path, label in rows], csv_path.parent, tuple(shape))
+    files_key = cache_key([(label, [path]) for _, path, label in rows], csv_path.parent, tuple(shape), max_pixels)
     digest = hashlib.sha256(b"csv_images\n")
     digest.update(hashlib.sha256(raw).digest())
     digest.update(files_key.encode())
@@ -97,7 +99,7 @@ def csv_cache_key(raw: bytes, rows: list[tuple[int, Path, str]], csv_path: Path,
 
 
 def load_csv_images(csv_path: str | Path, shape: tuple[int, int, int], *, on_bad_image: str = "error",
-                    cache_dir: str | Path | None = None) -> FolderImages:
+                    cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> FolderImages:
     """Decode every image the CSV file lists to uint8 ``shape`` = (H, W, C)."""
     csv_path = Path(csv_path)
     if shape[2] not in (1, 3):
@@ -114,10 +116,10 @@ def load_csv_images(csv_path: str | Path, shape: tuple[int, int, int], *, on_bad
     names = sorted({label for _, _, label in rows})
     if len(names) < 2:
         raise DataError(f"{csv_path}: found 1 class ({names[0]}); a classifier needs at least 2")
-    cache_file, cached = lookup_cache(cache_dir, lambda: f"csv_images-{csv_cache_key(raw, rows, csv_path, shape)}",
-                                      on_bad_image)
+    key = lambda: f"csv_images-{csv_cache_key(raw, rows, csv_path, shape, max_pixels)}"  # noqa: E731 (hashes files)
+    cache_file, cached = lookup_cache(cache_dir, key, on_bad_image)
     if cached is not None:
         return cached
     index = {name: i for i, name in enumerate(names)}
     items = [(path, index[label], f"{csv_path}:{line}: {path}") for line, path, label in rows]
-    return decode(items, shape, names, on_bad_image, cache_file, where=str(csv_path))
+    return decode(items, shape, names, on_bad_image, cache_file, where=str(csv_path), max_pixels=max_pixels)

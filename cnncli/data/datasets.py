@@ -16,9 +16,11 @@ unpacks them once, and reads them from the cache ever after.
   Debian's ``dataset-fashion-mnist``, whose gzip bytes differ from the official ones). The
   check that was made is recorded, and a run's ``data.json`` says which.
 
-Archives are unpacked with Python's ``tarfile`` data filter and a zip member check: a
-member that would land outside the dataset's folder, a link or a device is refused
-before anything is written, and a half-unpacked archive never counts as cached.
+Archives are unpacked by :mod:`cnncli.data.archives`: every member is checked before
+anything is written (an absolute path, ``..``, a link leading outside, a device, too many
+members or too many bytes refuse the whole archive), then extracted with ``tarfile``'s
+``data`` filter into a temporary folder that is renamed into place at the end: a
+half-unpacked archive never counts as cached.
 
 Official URLs and checksums: the publishers' pages and torchvision's dataset code
 (docs/DATASETS.md lists them with their sources).
@@ -32,6 +34,7 @@ import os
 import shutil
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,41 +228,39 @@ def _unpack(dataset: Dataset) -> Path:
     target = folder(dataset)
     if dataset.layout == "idx":
         return target  # read as they are (gzip)
+    from cnncli.data.archives import ArchiveError, extract_tar, extract_zip_member
+
     staging = target / ".unpacking"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    archive = target / dataset.files[0].name
+    final = target / dataset.image_root
     try:
-        archive = target / dataset.files[0].name
         if dataset.layout == "cifar10":
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(staging, filter="data")  # refuses absolute paths, .., links outside, devices
-            final = target / dataset.image_root
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging / dataset.image_root, final)
-            return final
-        with zipfile.ZipFile(archive) as zf:
-            inner = [m for m in zf.namelist() if m.endswith("101_ObjectCategories.tar.gz")]
-            if not inner:
+            extract_tar(archive, staging)
+        else:  # caltech101: a zip holding the tar.gz of the images
+            with zipfile.ZipFile(archive) as zf:
+                inner = next((m for m in zf.namelist() if m.endswith("101_ObjectCategories.tar.gz")), None)
+            if inner is None:
                 raise DataError(f"{archive}: no 101_ObjectCategories.tar.gz inside")
-            _check_member(inner[0], staging)
-            zf.extract(inner[0], staging)
-        with tarfile.open(staging / inner[0]) as tar:
-            tar.extractall(staging, filter="data")  # refuses absolute paths, .., links outside, devices
-        (staging / inner[0]).unlink()
-        final = target / dataset.image_root
+            inner_file = extract_zip_member(archive, inner, staging)
+            extract_tar(inner_file, staging)
+            inner_file.unlink()
+        if not (staging / dataset.image_root).is_dir():
+            raise DataError(f"{archive}: no {dataset.image_root}/ inside; not the official archive")
+        # Only a complete unpacking replaces what was there: renamed into place at the end.
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging / dataset.image_root, final)
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"{dataset.name}: cannot unpack {dataset.files[0].name} ({err})") from None
+    except ArchiveError as err:
+        raise DataError(f"{dataset.name}: cannot unpack {dataset.files[0].name} ({err.reason}); nothing was "
+                        "unpacked") from None
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+        # A damaged archive may fail halfway: the staging folder goes, what was there stays.
+        raise DataError(f"{dataset.name}: cannot unpack {dataset.files[0].name} ({err}); nothing was "
+                        "unpacked") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def _check_member(name: str, root: Path) -> None:
-    target = (root / name).resolve()
-    if not target.is_relative_to(root.resolve()):
-        raise DataError(f"archive member {name!r} would be written outside {root}")
 
 
 # -------------------------------------------------------------------------- local copies

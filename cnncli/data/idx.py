@@ -8,6 +8,8 @@ uint32, then the values, big-endian, in C order.
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zlib
 from pathlib import Path
 
@@ -16,30 +18,52 @@ import numpy as np
 from cnncli.errors import DataError
 
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+#: deflate's largest expansion: 1,032 bytes out per byte in. A gzip file cannot hold more
+#: than this many times its size, so a header announcing more is refused before reading.
+MAX_GZIP_RATIO = 1032
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """The array stored in an IDX file (gzip detected from its magic bytes)."""
+    """The array stored in an IDX file (gzip detected from its magic bytes).
+
+    The header is checked before the data is read: a wrong magic number, a truncated
+    header, dimensions whose product does not fit the file (computed exactly, so they
+    cannot overflow into a small number), each refused in one line, before the array is
+    allocated. A gzip file is decompressed as a stream, never past what its header announces.
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            compressed = fh.read(2) == b"\x1f\x8b"
+            fh.seek(0)
+            stream = gzip.GzipFile(fileobj=fh, mode="rb") if compressed else fh
+            head = stream.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _TYPES:
+                raise DataError(f"{path}: not an IDX file (bad magic number: expected 00 00, a type code and the "
+                                f"number of dimensions; got {head.hex(' ') or 'nothing'})")
+            ndim = head[3]
+            raw_dims = stream.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header ({ndim} dimensions announced, "
+                                f"{len(raw_dims) // 4} present)")
+            dims = tuple(int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_TYPES[head[2]])
+            expected = math.prod(dims) * dtype.itemsize  # Python ints: exact, no overflow
+            shape = "x".join(map(str, dims)) or "a scalar"
+            if compressed and expected > MAX_GZIP_RATIO * size:
+                raise DataError(f"{path}: IDX header announces {shape} values, {expected:,} bytes; a gzip file of "
+                                f"{size:,} bytes cannot hold more than {MAX_GZIP_RATIO * size:,}")
+            if not compressed and size - 4 - 4 * ndim != expected:
+                raise DataError(f"{path}: IDX data has {size - 4 - 4 * ndim} bytes; its header announces {expected} "
+                                f"({shape} values)")
+            data = stream.read(expected + 1)  # one byte more shows data beyond what the header announces
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DataError(f"{path}: cannot be read as an IDX file ({err})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_TYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX data has {len(raw) - header} bytes; its header announces {expected}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return data.astype(dtype.newbyteorder("="))
+    if len(data) != expected:
+        has = f"more than {expected}" if len(data) > expected else str(len(data))
+        raise DataError(f"{path}: IDX data has {has} bytes; its header announces {expected} ({shape} values)")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def find_pair(path: str | Path, prefix: str) -> tuple[Path, Path]:

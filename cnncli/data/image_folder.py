@@ -4,7 +4,10 @@ Classes are the sub-folders of ``root`` in byte order of their names (``sorted``
 the order is deterministic (``Motorbikes`` before ``airplanes``) and recorded in the
 run. Each image is converted to the configured channels (greyscale to RGB by repeating,
 RGB to greyscale by luminance, with Pillow's ``convert``) and resized to the input size
-with bilinear interpolation. A file that cannot be decoded is an error naming it, or,
+with bilinear interpolation, by :func:`cnncli.data.images.load_image`, the one policy
+for every image cnncli reads (formats by their bytes, ``data.max_image_pixels`` checked
+from the header before decoding, EXIF orientation applied, animated files read as their
+first frame). A file that cannot be decoded, or is refused, is an error naming it, or,
 with ``on_bad_image: skip``, left out and listed.
 
 Decoded arrays can be cached as an ``.npz`` keyed by the files (names, sizes,
@@ -21,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image
 from cnncli.errors import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-CACHE_VERSION = 1
+# 2: EXIF orientation applied and the pixel limit in the key (cnncli.data.images); older caches are decoded again.
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -34,6 +39,8 @@ class FolderImages:
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)
     cached: bool = False
+    #: Animated files, read as their first frame (not kept in the cache: said when decoded).
+    animated: list[str] = field(default_factory=list)
 
 
 def list_classes(root: Path, only: list[str] | None = None) -> list[tuple[str, list[Path]]]:
@@ -65,27 +72,11 @@ def list_classes(root: Path, only: list[str] | None = None) -> list[tuple[str, l
     return out
 
 
-def load_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
-    """One image file -> uint8 (H, W, C); raises (OSError, ValueError, Image.DecompressionBombError, ...)
-    when it cannot be decoded."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        if img.mode in ("I", "I;16", "I;16B", "I;16L"):
-            # 16-bit greyscale (PNG): Pillow's convert clips to 255; scale to 8 bits instead.
-            wide = np.asarray(img, dtype=np.float64)  # (H, W) values 0..65535
-            img = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L")
-        img = img.convert("RGB" if channels == 3 else "L")
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-    return arr.reshape(height, width, channels)
-
-
-def cache_key(classes: list[tuple[str, list[Path]]], root: Path, shape: tuple[int, int, int]) -> str:
+def cache_key(classes: list[tuple[str, list[Path]]], root: Path, shape: tuple[int, int, int],
+              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps({"v": CACHE_VERSION, "shape": shape, "root": str(root.resolve()),
-                              "resample": "bilinear"}).encode())
+                              "resample": "bilinear", "max_pixels": max_pixels}).encode())
     for name, files in classes:
         for f in files:
             st = f.stat()
@@ -94,41 +85,42 @@ def cache_key(classes: list[tuple[str, list[Path]]], root: Path, shape: tuple[in
 
 
 def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_image: str = "error",
-                      cache_dir: str | Path | None = None, classes: list[str] | None = None) -> FolderImages:
+                      cache_dir: str | Path | None = None, classes: list[str] | None = None,
+                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> FolderImages:
     """Decode every image under ``root`` (of the class folders ``classes``, default all)
-    to uint8 ``shape`` = (H, W, C)."""
+    to uint8 ``shape`` = (H, W, C); an image of more than ``max_pixels`` is refused."""
     root = Path(root)
     if shape[2] not in (1, 3):
         raise DataError(f"{root}: images can be read with 1 or 3 channels; the model's input has {shape[2]}")
     classes = list_classes(root, classes)
-    cache_file, cached = lookup_cache(cache_dir, lambda: f"image_folder-{cache_key(classes, root, shape)}",
-                                      on_bad_image)
+    key = lambda: f"image_folder-{cache_key(classes, root, shape, max_pixels)}"  # noqa: E731 (hashes files)
+    cache_file, cached = lookup_cache(cache_dir, key, on_bad_image)
     if cached is not None:
         return cached
     items = [(f, label, str(f)) for label, (_, files) in enumerate(classes) for f in files]
     names = [name for name, _ in classes]
-    return decode(items, shape, names, on_bad_image, cache_file, where=str(root))
+    return decode(items, shape, names, on_bad_image, cache_file, where=str(root), max_pixels=max_pixels)
 
 
 def decode(items: list[tuple[Path, int, str]], shape: tuple[int, int, int], names: list[str], on_bad_image: str,
-           cache_file: Path | None, where: str) -> FolderImages:
+           cache_file: Path | None, where: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> FolderImages:
     """Decode (file, label, how to name it in an error) items into FolderImages, leaving
-    out unreadable files with ``on_bad_image: skip``, and write the cache."""
+    out unreadable or refused files with ``on_bad_image: skip``, and write the cache."""
     height, width, channels = shape
-    images, labels, skipped = [], [], []
+    images, labels, skipped, animated = [], [], [], []
     for path, label, shown in items:
         try:
-            images.append(load_image(path, height, width, channels))
-        except Exception as err:  # any failure to decode a file (Pillow raises many kinds)
+            images.append(load_image(path, height, width, channels, max_pixels=max_pixels, animated=animated))
+        except BadImageError as err:
             if on_bad_image == "error":
-                raise DataError(f"{shown}: not a readable image ({err}); "
+                raise DataError(f"{shown}: not a readable image ({err.reason}); "
                                 "set data.on_bad_image: skip to leave such files out") from None
             skipped.append(str(path))
             continue
         labels.append(label)
     if not images:
         raise DataError(f"{where}: no readable images")
-    result = FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), names, skipped)
+    result = FolderImages(np.stack(images), np.asarray(labels, dtype=np.int64), names, skipped, animated=animated)
     if cache_file is not None:
         _write_cache(cache_file, result, on_bad_image)
     return result
