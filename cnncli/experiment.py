@@ -712,31 +712,70 @@ def gradcheck_batch(config: Config, network, loss, batch: int, seed: int, cache_
     return x, targets_for(network, labels, loss), source
 
 
-def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkpoint: str | None = None):
+def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkpoint: str | None = None,
+                  kernels: str = "change", on_note=None):
     """``cnncli visualize``: kernels.png, feature_maps_layer<i>.png and curves.png in ``out``;
-    returns (files written, warnings)."""
+    returns (files written, warnings). ``kernels``: ``change`` (W - W0, the start rebuilt
+    from the config and its seed, as ``train`` built it) or ``weights``. ``on_note(line)``
+    hears which example the feature maps show."""
     from cnncli.data.augment import Augmenter
-    from cnncli.data.image_folder import load_image
-    from cnncli.visualize import augmented_png, feature_maps_png, kernels_png
+    from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS, animated_note, load_image
+    from cnncli.errors import InputError
+    from cnncli.visualize import KERNEL_VIEWS, Example, augmented_png, feature_maps_png, kernels_png, optimizer_label
 
-    cfg, network, _, info, _ = load_run(run_dir, checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
+    if kernels not in KERNEL_VIEWS:
+        raise InputError(f"kernels: expected {' or '.join(KERNEL_VIEWS)}; got {kernels!r}")
+    cfg, network, loss, info, meta = load_run(run_dir, checkpoint)
     written, warnings = [], []
+    raw = None
+    if image is not None:  # read, or refused in one line naming it, before anything is written
+        shape = tuple(cfg["model"]["input_shape"])
+        if len(shape) != 3 or shape[2] not in (1, 3):
+            raise DataError(f"{image}: --image needs a model that reads images; its input_shape is {list(shape)}")
+        animated: list[str] = []
+        raw = load_image(image, *shape, max_pixels=cfg["data"].get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+                         animated=animated)
+        if animated:
+            warnings.append(animated_note(animated))
+    out.mkdir(parents=True, exist_ok=True)
+    start = None
+    if kernels == "change":
+        # The network as train built it before its first step: the config's seed builds the
+        # same weights again, and init_from loads its source again (unless it is gone or changed).
+        start = build(cfg).network
+        init = cfg.values.get("init_from")
+        if init:
+            try:
+                now = f"epoch {start_from(start, init)['record'].get('epoch')}"
+            except (InputError, OSError) as err:
+                now = f"nothing readable ({err})"
+            if now != f"epoch {init.get('epoch')}":
+                warnings.append(f"the run started from epoch {init.get('epoch')} of {init.get('path')}, which now "
+                                f"holds {now}; kernels.png shows the weights, not their change")
+                start = None
     try:
-        written.append(kernels_png(network, out / "kernels.png"))
+        written.append(kernels_png(network, out / "kernels.png", initial=start))
     except ValueError as err:
         warnings.append(f"{err}; no kernel picture")
-    if image is not None:
-        try:
-            raw = load_image(image, *cfg["model"]["input_shape"])
-        except (OSError, ValueError, SyntaxError) as err:
-            raise DataError(f"{image}: not a readable image ({err})") from None
+    names = list(info.get("class_names") or [])
+    if raw is not None:
         x = apply_normalization(raw[None], normalization_of(info), network.dtype.type)[0]
         data = None
+        normalization, source, label = normalization_of(info), str(image), None
     else:
         data = load_dataset(cfg.values, cache_dir=run_dir.parent / ".cache")
-        x = (data.evaluation or data.train).x[0]
-    written += feature_maps_png(network, x, out)
+        split_name, split = next((n, s) for n, s in (("test", data.test), ("validation", data.validation),
+                                                     ("training", data.train)) if s is not None and len(s))
+        normalization = data.normalization
+        x, source, label = split.x[0], f"{split_name} example 0", int(split.y[0])
+    probabilities = class_probabilities(network.predict(x[None], loss=loss))[0]
+    guess = int(np.argmax(probabilities))
+    example = Example(np.clip(undo_normalization(x[None], normalization)[0], 0, 1), source,
+                      None if label is None else (names[label] if label < len(names) else str(label)),
+                      names[guess] if guess < len(names) else str(guess), float(probabilities[guess]))
+    if on_note is not None:
+        on_note(f"feature maps of {example.describe(', ')}" + ("; --image FILE shows another" if image is None else ""))
+    written += feature_maps_png(network, x, out, example)
     augment = Augmenter.from_config(cfg["data"]["augment"], cfg["model"]["input_shape"])
     if augment.enabled:  # what the network sees while it trains
         data = data or load_dataset(cfg.values, cache_dir=run_dir.parent / ".cache")
@@ -747,5 +786,11 @@ def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkp
                                      out / "augmented.png"))
     history = runs.read_metrics(run_dir)
     if history:
-        written.append(curves_png(history, out / "curves.png"))
+        # The best epoch as training chose it: status.json once the run ended, else the
+        # checkpoint's own record of the best epoch so far.
+        status = runs.read_status(run_dir)
+        best_epoch = status.get("best_epoch", (meta.get("train_state") or {}).get("best_epoch"))
+        written.append(curves_png(history, out / "curves.png", run_name=run_dir.name,
+                                  optimizer=optimizer_label(cfg["optimizer"]), best_epoch=best_epoch,
+                                  monitor=status.get("monitor")))
     return written, warnings

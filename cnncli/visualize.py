@@ -1,13 +1,17 @@
-"""Pictures of what a network computes and learned: PNG files (matplotlib, Agg).
+"""Pictures of what a network computes and learned: PNG files (matplotlib, Agg). The
+kernels, feature maps, curves and function plots are drawn by a ``*_figure`` function
+that its ``*_png`` saves (the tests read the figures).
 
-* ``kernels_png``: the first convolutional layer's kernels as colour patches (each
-  kernel scaled to [0, 1] on its own; one input channel gives grey, more than three the
-  channel mean); a layer is convolutional when it has a 4-D ``kernel`` (HWIO), plugins'
-  layers included;
-* ``feature_maps_png``: each convolutional layer's output channels for one image;
-* ``curves_png``: loss and accuracy against epoch, training and validation;
+* ``kernels_png``: the first convolutional layer's kernels, or their change ``W - W0``
+  since training began, every kernel on one colour scale with a colour bar (a kernel's
+  input channels side by side; more than three: their mean); a layer is convolutional
+  when it has a 4-D ``kernel`` (HWIO), plugins' layers included;
+* ``feature_maps_png``: the input image (its true and predicted class) and every output
+  channel of each convolutional layer, numbered, on one colour scale per layer;
+* ``curves_png``: loss and accuracy against epoch, training and validation, the run,
+  its optimizer and the best epoch (as training chose it) marked;
 * ``function_plot_png``: activations or losses of the paper's Tables 1 and 2 with their
-  derivatives;
+  derivatives, curves that coincide drawn once and named together;
 * ``dynamics_png``: the training dynamics of one run (``dynamics.jsonl``), or of several
   overlaid;
 * ``sweep_curves_png`` and ``metric_by_key_png``: a sweep's trials side by side.
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,44 +64,147 @@ def _convolutional(layer) -> bool:
     return kernel is not None and kernel.ndim == 4
 
 
-def kernels_png(network, path: Path) -> Path:
-    """Grid of the first conv layer's kernels, (kh, kw, C) each, as colour patches."""
-    conv = next((l for l in network.layers if _convolutional(l)), None)
-    if conv is None:
+def _colour_bar(fig, mappable, label: str, *, right: float = 0.88):
+    """A colour bar in a strip at the figure's right edge; the caller's ``tight_layout``
+    keeps its axes left of ``right`` (a figure fraction)."""
+    cax = fig.add_axes((right + 0.02, 0.12, 0.018, 0.72), label="<colorbar>")  # as matplotlib names its own
+    bar = fig.colorbar(mappable, cax=cax)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
+#: What ``kernels_png`` can show: the weights, or their change since training began.
+KERNEL_VIEWS = ("change", "weights")
+
+
+def _kernel_patch(kernel: np.ndarray) -> np.ndarray:
+    """One kernel (kh, kw, C) as a 2-D patch: its input channels side by side with a
+    blank (NaN) column between them (C at most 3), or their mean (more than 3)."""
+    if kernel.shape[2] > 3:
+        return kernel.mean(axis=2)
+    kh = kernel.shape[0]
+    gap = np.full((kh, 1), np.nan)
+    parts = []
+    for channel in range(kernel.shape[2]):
+        parts += [kernel[:, :, channel], gap]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def kernels_figure(network, initial=None):
+    """The first conv layer's kernels, one tile per kernel, on one colour scale shared by
+    every kernel (symmetric about 0, with a colour bar); with ``initial`` (the same
+    network as it was before training) the change ``W - W0`` instead of ``W``."""
+    plt = _pyplot()
+    index = next((i for i, l in enumerate(network.layers) if _convolutional(l)), None)
+    if index is None:
         raise ValueError("the network has no convolutional layer (none with a 4-D kernel)")
-    kernel = conv.params["kernel"].astype(np.float64)  # (kh, kw, C, F)
-    kh, kw, c, f = kernel.shape
-    fig, axes = tile_grid(f, (0.9, 0.9))
+    conv = network.layers[index]
+    weights = conv.params["kernel"].astype(np.float64)  # (kh, kw, C, F)
+    kh, kw, c, f = weights.shape
+    if initial is not None:
+        start = initial.layers[index].params["kernel"].astype(np.float64)
+        shown = weights - start
+        moved = np.linalg.norm(shown) / max(np.linalg.norm(start), 1e-30)
+        what = f"change since the start, W - W0 (||W - W0|| / ||W0|| = {moved:.1%})"
+    else:
+        shown = weights
+        what = "weights W"
+    bound = float(np.abs(shown).max()) or 1.0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.5")  # blue < 0 (white) < red; grey between channels
+    patches = [_kernel_patch(shown[:, :, :, k]) for k in range(f)]
+    height, width = patches[0].shape
+    # A quarter inch per weight, a tile between 0.9 and 2.2 inches wide, in a grid about
+    # as wide as it is tall.
+    tile_width = min(2.2, max(0.9, 0.25 * width))
+    tile = (tile_width, tile_width * height / width + 0.2)
+    fig, axes = tile_grid(f, tile, cols=math.ceil(math.sqrt(f * tile[1] / tile[0])), header=0.7)
     for k, ax in enumerate(axes):
-        patch = kernel[:, :, :, k]  # (kh, kw, C)
-        if c not in (1, 3):
-            patch = patch.mean(axis=2, keepdims=True)
-        lo, hi = patch.min(), patch.max()
-        patch = (patch - lo) / (hi - lo) if hi > lo else np.zeros_like(patch)
-        ax.imshow(patch[:, :, 0] if patch.shape[2] == 1 else patch, cmap="gray" if patch.shape[2] == 1 else None,
-                  interpolation="nearest")
-    fig.suptitle(f"first {conv.type_name} layer: {f} kernels {kh}x{kw}x{c}", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+        image = ax.imshow(patches[k], cmap=cmap, vmin=-bound, vmax=bound, interpolation="nearest")
+        ax.set_title(str(k), fontsize=7, pad=2)
+        ax.axis("on")  # a frame holds a kernel's channels together
+        ax.set_xticks([])
+        ax.set_yticks([])
+    channels = ("input channels 0-2 left to right" if c == 3 else "input channels 0-1 left to right" if c == 2
+                else "the mean of its input channels" if c > 3 else "one input channel")
+    fig.suptitle(f"layers[{index}] {conv.type_name}: {what}\n{f} kernels {kh}x{kw}x{c}, one per tile ({channels}),"
+                 f" one colour scale", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    _colour_bar(fig, image, "W - W0" if initial is not None else "W", right=0.86)
+    return fig
 
 
-def feature_maps_png(network, image: np.ndarray, out_dir: Path, max_channels: int = 32) -> list[Path]:
-    """One PNG per conv layer: its (activated) output channels for ``image`` (H, W, C)."""
-    paths = []
+def kernels_png(network, path: Path, *, initial=None) -> Path:
+    """kernels.png: :func:`kernels_figure` (``initial``: show ``W - W0``)."""
+    return _save(kernels_figure(network, initial), path)
+
+
+@dataclass
+class Example:
+    """The image the feature maps are drawn for, as a person sees it, and what it is."""
+
+    pixels: np.ndarray                 # (H, W, C), values in [0, 1]
+    source: str                        # "validation example 0", or the file's path
+    true_class: str | None = None      # None: unknown (an image file)
+    predicted_class: str | None = None
+    probability: float | None = None   # of the predicted class
+
+    def describe(self, separator: str = "\n") -> str:
+        """Where it comes from, its true class and the network's guess, ``separator`` between."""
+        truth = f"true: {self.true_class}" if self.true_class is not None else "true class unknown"
+        guess = None if self.predicted_class is None else f"predicted: {self.predicted_class}" + (
+            "" if self.probability is None else f" ({self.probability:.2f})")
+        return separator.join(part for part in (self.source, truth, guess) if part)
+
+
+def feature_maps_figures(network, image: np.ndarray, example: Example | None = None) -> list[tuple[int, object]]:
+    """(layer index, figure) for each conv layer: the input image (with its true and
+    predicted class when ``example`` says them) beside every one of the layer's
+    (activated) output channels, numbered, on one colour scale per layer."""
+    plt = _pyplot()
     outputs = network.layer_outputs(image[None])  # each layer's own (activated, NHWC) output
+    if example is None:
+        lo, hi = float(image.min()), float(image.max())
+        example = Example((image - lo) / (hi - lo) if hi > lo else np.zeros_like(image), "the network's input")
+    pixels = np.clip(example.pixels, 0, 1)
+    pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels[:, :, :3] if pixels.shape[2] == 3 else pixels.mean(2)
+    figures = []
     for i, (layer, a) in enumerate(zip(network.layers, outputs)):
         if not _convolutional(layer) or a.ndim != 4:
             continue
-        maps = a[0]  # (H', W', F)
-        f = min(maps.shape[2], max_channels)
-        fig, axes = tile_grid(f, (1.1, 1.1))
-        for k, ax in enumerate(axes):
-            ax.imshow(maps[:, :, k], cmap="viridis", interpolation="nearest")
-        fig.suptitle(f"layers[{i}] {layer.type_name}: {f} of {maps.shape[2]} feature maps, {maps.shape[0]}x{maps.shape[1]}",
-                     fontsize=9)
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"feature_maps_layer{i}.png"))
-    return paths
+        maps = a[0].astype(np.float64)  # (H', W', F)
+        f = maps.shape[2]
+        cols = math.ceil(math.sqrt(f))
+        rows = math.ceil(f / cols)
+        tile = 1.1  # inches per map; the input image takes a column 2.2 maps wide, then a 0.2 gap
+        fig = plt.figure(figsize=((cols + 2.4) * tile + 0.9, max(rows, 2) * tile + 0.7))
+        grid = fig.add_gridspec(max(rows, 2), cols + 2, width_ratios=[2.2] + [0.2] + [1] * cols)
+        ax_in = fig.add_subplot(grid[:2, 0])
+        ax_in.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        ax_in.set_title(example.describe(), fontsize=7)
+        ax_in.set_xticks([])
+        ax_in.set_yticks([])
+        lo, hi = float(maps.min()), float(maps.max())
+        hi = hi if hi > lo else lo + 1.0
+        for k in range(f):
+            ax = fig.add_subplot(grid[k // cols, 2 + k % cols])
+            shown = ax.imshow(maps[:, :, k], cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_title(str(k), fontsize=7, pad=2)
+            ax.axis("off")
+        activation = getattr(getattr(layer, "activation", None), "name", None)
+        fig.suptitle(f"layers[{i}] {layer.type_name}{f' ({activation})' if activation else ''}: all {f} feature "
+                     f"maps, {maps.shape[0]}x{maps.shape[1]}, of {example.source}; one colour scale", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 0.9, 1))
+        _colour_bar(fig, shown, "activation a", right=0.9)
+        figures.append((i, fig))
+    return figures
+
+
+def feature_maps_png(network, image: np.ndarray, out_dir: Path, example: Example | None = None) -> list[Path]:
+    """feature_maps_layer<i>.png for each conv layer: :func:`feature_maps_figures` for
+    ``image`` (H, W, C), as the network takes it."""
+    return [_save(fig, out_dir / f"feature_maps_layer{i}.png")
+            for i, fig in feature_maps_figures(network, image, example)]
 
 
 def augmented_png(originals: np.ndarray, variants: list[np.ndarray], path: Path) -> Path:
@@ -120,74 +228,147 @@ def augmented_png(originals: np.ndarray, variants: list[np.ndarray], path: Path)
     return _save(fig, path)
 
 
-def curves_png(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy against epoch (rows of metrics.jsonl), training and validation."""
+def optimizer_label(optimizer: dict) -> str:
+    """``adam, lr 0.002`` (and the schedule when it is not constant), from a config's
+    ``optimizer`` values: what a curves title says about how the run was trained."""
+    label = f"{optimizer.get('name', '?')}, lr {optimizer.get('lr')}"
+    schedule = (optimizer.get("schedule") or {}).get("name")
+    return label + (f", {schedule} schedule" if schedule and schedule != "constant" else "")
+
+
+def curves_figure(history: list[dict], *, run_name: str | None = None, optimizer: str | None = None,
+                  best_epoch: int | None = None, monitor: str | None = None):
+    """Loss and accuracy against epoch (rows of metrics.jsonl), training and validation,
+    on whole-epoch ticks; ``best_epoch`` (the epoch training kept as best, by ``monitor``)
+    marked in both panels; the run and its optimizer in the title."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     epochs = [m["epoch"] for m in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    best = next((m for m in history if m["epoch"] == best_epoch), None)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4.3))
     for ax, key, title, ylabel in ((ax_loss, "loss", "Loss", "loss (mean per example)"),
                                    (ax_acc, "accuracy", "Accuracy", "accuracy")):
         ax.plot(epochs, [m[key] for m in history], marker="o", label="train")
         if history[0].get(f"val_{key}") is not None:
             ax.plot(epochs, [m[f"val_{key}"] for m in history], marker="o", label="validation")
+        if best is not None:
+            value = best.get(monitor) if monitor else None
+            ax.axvline(best_epoch, color="black", linestyle="--", linewidth=1,
+                       label=f"best epoch {best_epoch}" + (f" ({monitor} {value:.4g})" if value is not None else ""))
+            if monitor in (key, f"val_{key}") and value is not None:
+                ax.plot([best_epoch], [value], marker="*", markersize=14, color="black", linestyle="none")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    if run_name or optimizer:
+        fig.suptitle("; ".join(part for part in (run_name and f"run {run_name}", optimizer and f"optimizer {optimizer}")
+                               if part), fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def function_plot_png(kind: str, names: list[str], path: Path) -> Path:
-    """Activations (g and g') or losses (E and dE/dyhat against yhat, for y = 1 and 0 or y = 0)."""
+def curves_png(history: list[dict], path: Path, *, run_name: str | None = None, optimizer: str | None = None,
+               best_epoch: int | None = None, monitor: str | None = None) -> Path:
+    """curves.png: :func:`curves_figure`."""
+    return _save(curves_figure(history, run_name=run_name, optimizer=optimizer, best_epoch=best_epoch,
+                               monitor=monitor), path)
+
+
+def coinciding_groups(curves: list[np.ndarray], rtol: float = 1e-6) -> list[list[int]]:
+    """Indices of ``curves`` (arrays on the same x) grouped where they agree to ``rtol``
+    of the largest value any of them reaches (NaN matching NaN), in first-seen order:
+    curves that would hide one another on a plot."""
+    finite = [np.abs(c[np.isfinite(c)]) for c in curves]
+    scale = max((float(v.max()) for v in finite if v.size), default=1.0) or 1.0
+    groups: list[list[int]] = []
+    for i, curve in enumerate(curves):
+        for group in groups:
+            if np.allclose(curves[group[0]], curve, rtol=0, atol=rtol * scale, equal_nan=True):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def _plot_grouped(ax, x: np.ndarray, curves: list[tuple[str, str, np.ndarray]], colours) -> None:
+    """Curves (name, suffix, values) on ``ax``, those that coincide drawn once and named
+    together (``a = b, y=1``); a curve keeps its colour (``colours[i]``) when it leads a
+    group. The legend goes below the axes, where it hides nothing."""
+    for group in coinciding_groups([values for _, _, values in curves]):
+        suffixes = {curves[i][1] for i in group}
+        if len(suffixes) == 1:
+            label = " = ".join(curves[i][0] for i in group) + curves[group[0]][1]
+        else:
+            label = " = ".join(curves[i][0] + curves[i][1] for i in group)
+        ax.plot(x, curves[group[0]][2], color=colours[group[0]], label=label)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+
+
+def function_plot_figure(kind: str, names: list[str]):
+    """Activations (g and g') or losses (E and dE/dyhat against yhat, for y = 1 and 0 or
+    y = 0), each panel with its own legend below it; curves that coincide in a panel
+    (the cross-entropies and KL divergence, sigmoid and a two-logit softmax) are drawn
+    once and named together."""
     plt = _pyplot()
-    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax in (ax_f, ax_d):  # more curves than the default ten colours: one colour each
-        ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20)))
+    values: list[tuple[str, str, np.ndarray]] = []
+    slopes: list[tuple[str, str, np.ndarray]] = []
     if kind == "activation":
         from cnncli.nn.activations import make_activation
 
-        z = np.linspace(-5, 5, 501)
+        x = np.linspace(-5, 5, 501)
         for name in names:
             act = make_activation(name)
             if act.sums_to_one:  # along a row: the first of two logits (z, 0)
-                zz = np.stack([z, np.zeros_like(z)], axis=1)
+                zz = np.stack([x, np.zeros_like(x)], axis=1)
                 a = act.forward(zz)[:, 0]
                 d = a * (1 - a)
-                label = f"{name}(z, 0)[0]"
+                name = f"{name}(z, 0)[0]"
             else:
-                a = act.forward(z)
-                d = act.derivative(z)
-                label = name
-            ax_f.plot(z, a, label=label)
-            ax_d.plot(z, d, label=label)
-        ax_f.set(title="g(z)", xlabel="z")
-        ax_d.set(title="g'(z)", xlabel="z")
+                a = act.forward(x)
+                d = act.derivative(x)
+            values.append((name, "", np.asarray(a, dtype=np.float64)))
+            slopes.append((name, "", np.asarray(d, dtype=np.float64)))
+        titles, xlabel = ("g(z)", "g'(z)"), "z"
     else:
         from cnncli.nn.losses import make_loss
 
-        p = np.linspace(0.01, 0.99, 197)
+        x = np.linspace(0.01, 0.99, 197)
         for name in names:
             loss = make_loss({"name": name, "reduction": "sum"})
             for target in (1.0, 0.0):
                 if loss.takes_class_indices:  # a distribution over classes per example
-                    pred = np.stack([p, 1 - p], axis=1)
-                    y = np.tile([target, 1 - target], (len(p), 1))
-                    values = [loss(pred[i:i + 1], y[i:i + 1]) for i in range(len(p))]
-                    grads = [loss.value_and_grad(pred[i:i + 1], y[i:i + 1])[1][0, 0] for i in range(len(p))]
+                    pred = np.stack([x, 1 - x], axis=1)
+                    y = np.tile([target, 1 - target], (len(x), 1))
+                    e = [loss(pred[i:i + 1], y[i:i + 1]) for i in range(len(x))]
+                    g = [loss.value_and_grad(pred[i:i + 1], y[i:i + 1])[1][0, 0] for i in range(len(x))]
                 else:
-                    values = [loss(np.array([[v]]), np.array([[target]])) for v in p]
-                    grads = [loss.value_and_grad(np.array([[v]]), np.array([[target]]))[1][0, 0] for v in p]
-                ax_f.plot(p, values, label=f"{name}, y={target:g}")
-                ax_d.plot(p, grads, label=f"{name}, y={target:g}")
-        ax_f.set(title="E(yhat) for one example", xlabel="yhat")
-        ax_d.set(title="dE/dyhat", xlabel="yhat")
-        ax_d.set_ylim(-20, 20)
-    for ax in (ax_f, ax_d):
+                    e = [loss(np.array([[v]]), np.array([[target]])) for v in x]
+                    g = [loss.value_and_grad(np.array([[v]]), np.array([[target]]))[1][0, 0] for v in x]
+                values.append((name, f", y={target:g}", np.asarray(e, dtype=np.float64)))
+                slopes.append((name, f", y={target:g}", np.asarray(g, dtype=np.float64)))
+        titles, xlabel = ("E(yhat) for one example", "dE/dyhat"), "yhat"
+    # Ten curves or fewer: ten distinct colours; more (the losses, y = 1 and 0 each): a dark
+    # and a light shade of one colour per loss.
+    palette = plt.cm.tab10(np.arange(10)) if len(values) <= 10 else plt.cm.tab20(np.arange(20))
+    colours = palette[np.arange(len(values)) % len(palette)]
+    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(11, 4 + 0.17 * len(values)))
+    for ax, curves, title in ((ax_f, values, titles[0]), (ax_d, slopes, titles[1])):
+        _plot_grouped(ax, x, curves, colours)
+        ax.set(title=title, xlabel=xlabel)
         ax.grid(alpha=0.3)
         ax.axhline(0, color="black", linewidth=0.5)
-        ax.legend(fontsize=8)
+    if kind != "activation":
+        ax_d.set_ylim(-20, 20)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def function_plot_png(kind: str, names: list[str], path: Path) -> Path:
+    """:func:`function_plot_figure` as a PNG."""
+    return _save(function_plot_figure(kind, names), path)
 
 
 def dynamics_png(runs: list[tuple[str, list[dict]]], path: Path) -> Path:

@@ -517,14 +517,7 @@ def tiny_run(tmp_path_factory):
     return runs[0]
 
 
-def grid_size(n: int, cell: float) -> tuple[int, int]:
-    """Pixels of visualize's grids at dpi 100: figsize (cols*cell, rows*cell + 0.4)."""
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    return round(cols * cell * 100), round((rows * cell + 0.4) * 100)
-
-
-def assert_png(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
+def assert_png(path: Path) -> Image.Image:
     assert path.is_file(), path
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as im:
@@ -533,8 +526,6 @@ def assert_png(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
     assert im.format == "PNG"
     w, h = im.size
     assert w > 100 and h > 100, im.size
-    if size is not None:
-        assert abs(w - size[0]) <= 1 and abs(h - size[1]) <= 1, (path.name, im.size, size)
     lo_hi = im.convert("L").getextrema()
     assert lo_hi[1] - lo_hi[0] > 50, "a blank picture"
     return im
@@ -546,11 +537,8 @@ def test_visualize_writes_the_pictures(tiny_run, tmp_path):
     assert_ok(res)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["curves.png", "feature_maps_layer0.png", "feature_maps_layer2.png", "kernels.png"]
-    assert_png(out / "kernels.png", grid_size(4, 0.9))
-    assert_png(out / "feature_maps_layer0.png", grid_size(4, 1.1))
-    assert_png(out / "feature_maps_layer2.png", grid_size(6, 1.1))
-    assert_png(out / "curves.png", (1000, 400))
-    for name in names:
+    for name in names:  # what each shows: tests/test_pictures.py
+        assert_png(out / name)
         assert f"wrote {out / name}" in " ".join(res.stdout.split()) or name in res.stdout
 
 
@@ -560,7 +548,7 @@ def test_visualize_latest_run_and_default_folder(tiny_run):
     folder = tiny_run / "visualize"
     assert sorted(p.name for p in folder.glob("*.png")) == ["curves.png", "feature_maps_layer0.png",
                                                             "feature_maps_layer2.png", "kernels.png"]
-    assert_png(folder / "kernels.png", grid_size(4, 0.9))
+    assert_png(folder / "kernels.png")
 
 
 def test_visualize_with_an_image(tiny_run, tmp_path):
@@ -589,11 +577,11 @@ def test_kernels_picture_grows_with_the_filters(tmp_path):
         net = _net([{"type": "conv2d", "filters": filters, "kernel_size": 3, "activation": "relu"},
                     {"type": "flatten"}, {"type": "dense", "units": 2}], (10, 10, 3))
         path = kernels_png(net, tmp_path / f"k{filters}.png")
-        sizes[filters] = assert_png(path, grid_size(filters, 0.9)).size
+        sizes[filters] = assert_png(path).size
         (tmp_path / f"m{filters}").mkdir()
         maps = feature_maps_png(net, np.random.default_rng(0).random((10, 10, 3)), tmp_path / f"m{filters}")
         assert [p.name for p in maps] == ["feature_maps_layer0.png"]
-        assert_png(maps[0], grid_size(filters, 1.1))
+        assert_png(maps[0])
     assert sizes[16][0] > sizes[4][0] and sizes[16][1] > sizes[4][1]
     with pytest.raises(ValueError, match="no convolutional layer"):
         kernels_png(_net([{"type": "flatten"}, {"type": "dense", "units": 2}], (4, 4, 1)), tmp_path / "none.png")
@@ -609,7 +597,7 @@ def test_plot_writes_a_png(args, filename, tmp_path):
     res = invoke("plot", *args, "--out", tmp_path / "plots")
     assert_ok(res)
     assert [p.name for p in (tmp_path / "plots").iterdir()] == [filename]
-    assert_png(tmp_path / "plots" / filename, (1000, 400))  # figsize (10, 4) at dpi 100
+    assert_png(tmp_path / "plots" / filename)
     assert filename in res.stdout
 
 

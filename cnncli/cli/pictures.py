@@ -18,15 +18,22 @@ def visualize(
     image: Optional[Path] = typer.Option(None, "--image", help="Image for the feature maps (default: a validation "
                                                                "example)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/visualize)."),
+    kernels: str = typer.Option("change", "--kernels", help="kernels.png shows change (W - W0: what training "
+                                                            "changed since the start) or weights (W); either on "
+                                                            "one colour scale for every kernel."),
     checkpoint: Optional[str] = CHECKPOINT,
     runs_dir: Path = RUNS_DIR,
 ) -> None:
     """PNGs of the first layer's kernels, each conv layer's feature maps, and the training curves."""
     from cnncli.experiment import visualize_run
     from cnncli.runs import resolve_run_dir
+    from cnncli.visualize import KERNEL_VIEWS
 
+    if kernels not in KERNEL_VIEWS:
+        raise CnnCliError(f"--kernels: expected {' or '.join(KERNEL_VIEWS)}; got {kernels!r}")
     path = resolve_run_dir(run_dir, runs_dir)
-    written, warnings = visualize_run(path, out or path / "visualize", image=image, checkpoint=checkpoint)
+    written, warnings = visualize_run(path, out or path / "visualize", image=image, checkpoint=checkpoint,
+                                      kernels=kernels, on_note=say)
     for line in warnings:
         say(f"warning: {line}", error=True)
     for p in written:
@@ -39,10 +46,13 @@ def plot(
     names: List[str] = typer.Argument(None, help="activation or loss: names (default: every one registered, "
                                                  "without aliases); dynamics: run folders (default: the most "
                                                  "recent run; several are overlaid)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="activation or loss: output folder (default: plots); "
-                                                           "dynamics: the PNG file (default: RUN_DIR/dynamics.png, "
-                                                           "or dynamics_compare.png in the first run's folder)."),
-    runs_dir: Path = RUNS_DIR,
+    out: Optional[Path] = typer.Option(None, "--out", help="activation or loss: output folder (default: "
+                                                           "RUNS_DIR/plots); dynamics: the PNG file (default: "
+                                                           "RUN_DIR/dynamics.png, or dynamics_compare.png in the "
+                                                           "first run's folder)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs are: dynamics reads the most recent; "
+                                                                   "activation and loss write into its plots/ folder "
+                                                                   "unless --out says."),
 ) -> None:
     """PNG of the paper's activations (Table 2) or losses (Table 1) with their derivatives,
     or of a run's training dynamics (per layer: delta, gradient and update norms, saturation)."""
@@ -60,7 +70,9 @@ def plot(
     names = names or every
     for name in names:
         registry.get(name, kind)
-    out = out or Path("plots")
+    # A picture of no run goes beside the runs (a folder a clone already ignores), not into
+    # whatever folder the command happens to run in.
+    out = out or runs_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
     label = "all" if sorted(set(names)) == every else "_".join(names)
     say(f"wrote {function_plot_png(kind, names, out / f'{kind}_{label}.png')}")
