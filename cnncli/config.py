@@ -23,6 +23,7 @@ import copy
 import os
 import re
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -136,13 +137,41 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
                               + ", ".join(SECTIONS))
         if not isinstance(raw, dict):
             raise ConfigError("", f"a mapping with the sections {', '.join(SECTIONS)}", raw)
+        given_optimizer = copy.deepcopy(raw.get("optimizer"))
         for item in overrides:
             apply_override(raw, item)
         values = resolve(raw, default_name=Path(file).stem if file else "run", check_paths=check_paths,
                          check_memory=check_memory, base_dir=base_dir)
     except ConfigError as err:
         raise err.in_file(file) if file and not err.source else err
+    note = kept_rate_note(given_optimizer, overrides, values["optimizer"], file or "the config")
+    if note is not None and note not in _SAID:
+        _SAID.add(note)
+        sys.stderr.write(f"warning: {note}\n")
     return Config(values, file, overrides)
+
+
+#: The warnings :func:`load_config` has printed in this process (each is said once).
+_SAID: set[str] = set()
+
+
+def kept_rate_note(given: object, overrides: list[str], resolved: dict, where: str) -> str | None:
+    """What to say when the overrides change ``optimizer.name`` but not ``optimizer.lr``
+    while the config gives a rate: the rate stays, though it was chosen for another
+    optimizer (Adam's 0.002 leaves SGD nearly still). None when there is nothing to say."""
+    if not isinstance(given, dict) or "lr" not in given:
+        return None  # no rate given: the new optimizer takes its own default
+    keys = [parse_key_path(item.split("=", 1)[0].strip()) for item in overrides if "=" in item]
+    if ["optimizer", "name"] not in keys or any(k in (["optimizer"], ["optimizer", "lr"]) for k in keys):
+        return None
+    before, now = given.get("name", "adam"), resolved["name"]
+    if before == now:
+        return None
+    from cnncli.nn.optimizers import make_optimizer
+
+    default = make_optimizer({"name": now}).config()["lr"]
+    return (f"optimizer.name={now} keeps optimizer.lr {resolved['lr']:g}, the rate {where} gives {before} "
+            f"({now}'s own default is {default:g}); set optimizer.lr too to give {now} a rate of its own")
 
 
 def _paths_from(raw: object, folder: Path) -> None:

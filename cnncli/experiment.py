@@ -693,23 +693,29 @@ def predictions_csv(predictions: Predictions) -> str:
     return buf.getvalue()
 
 
-def gradcheck_batch(config: Config, network, loss, batch: int, seed: int, cache_dir: Path):
+def gradcheck_batch(config: Config, network, loss, batch: int, seed: int, cache_dir: Path,
+                    random_inputs: bool = False):
     """(x, targets, where they came from) for ``cnncli gradcheck``: ``batch`` examples of
-    the config's data, or random inputs (said so) when the data cannot be read."""
+    the config's data; or random inputs, when ``random_inputs`` asks for them (the data is
+    then not read at all) or when the data cannot be read (the third value says why)."""
     from cnncli.training import targets_for
 
     rng = np.random.default_rng(seed)
-    try:
-        data = load_dataset({**config.values, "train": {**config["train"], "validation_split": 0.0}},
-                            cache_dir=cache_dir, outputs=int(np.prod(network.output_shape)))
-        pick = rng.choice(len(data.train), size=min(batch, len(data.train)), replace=False)
-        x, labels = data.train.x[pick], data.train.y[pick]
-        source = f"{len(pick)} examples of the configured data ({config['data']['source']})"
-    except DataError:
-        x = rng.random((batch, *network.input_shape))
-        labels = rng.integers(0, max(int(np.prod(network.output_shape)), 2), batch)
-        source = "random inputs"
-    return x, targets_for(network, labels, loss), source
+    data_source = config["data"]["source"]
+    if not random_inputs:
+        try:
+            data = load_dataset({**config.values, "train": {**config["train"], "validation_split": 0.0}},
+                                cache_dir=cache_dir, outputs=int(np.prod(network.output_shape)))
+            pick = rng.choice(len(data.train), size=min(batch, len(data.train)), replace=False)
+            where = f" at {config['data']['path']}" if config["data"].get("path") else ""
+            source = f"{len(pick)} examples of the configured data ({data_source}{where}), drawn with seed {seed}"
+            return data.train.x[pick], targets_for(network, data.train.y[pick], loss), source
+        except DataError as err:
+            why = f"the {data_source} data could not be read: {err}"
+    x = rng.random((batch, *network.input_shape))
+    labels = rng.integers(0, max(int(np.prod(network.output_shape)), 2), batch)
+    what = f"random ({batch} inputs uniform in [0, 1) and random labels, seed {seed})"
+    return x, targets_for(network, labels, loss), (f"{what}, as asked" if random_inputs else f"{what}: {why}")
 
 
 def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkpoint: str | None = None,

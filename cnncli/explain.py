@@ -11,16 +11,33 @@ hyperparameters); this module adds the FLOPs and renders. A component that gives
 equations is explained by its docstring.
 
 The equations are the corrected ones (see docs/MATH.md, section 7), written with
-zero-based indices over NHWC arrays.
+zero-based indices over NHWC arrays. The engine's notes cite that section's items as
+"ERRATA 5"; :func:`cite_errata` adds where the item is, since a reader of the output
+may not know the name.
 """
 
 from __future__ import annotations
+
+import re
 
 from cnncli.config import loss_keywords
 from cnncli.nn.describe import Equation, Explanation
 from cnncli.nn.losses import make_loss
 from cnncli.nn.optimizers import make_optimizer
 from cnncli.summary import flops_text, human_flops, training_flops
+
+
+#: Where the items that the engine cites as "ERRATA N" are written up (cnncli/nn imports
+#: nothing of cnncli outside itself, so it names the item and this module the place).
+ERRATA_HOME = "docs/MATH.md §7"
+# Atomic, so that "ERRATA 12, docs/..." cannot match as "ERRATA 1" followed by "2, docs/".
+_ERRATA = re.compile(r"\bERRATA (?>\d+(?:(?: and | / |-)\d+)*)(?!, docs/)")
+
+
+def cite_errata(text: str) -> str:
+    """``(ERRATA 5: ...)`` -> ``(ERRATA 5, docs/MATH.md §7: ...)``; applied once, however
+    often it is called."""
+    return _ERRATA.sub(lambda m: f"{m.group(0)}, {ERRATA_HOME}", text)
 
 
 def explain(config, network, layer: int | None = None) -> list[Explanation]:
@@ -53,6 +70,9 @@ def explain(config, network, layer: int | None = None) -> list[Explanation]:
                          f"{human_flops(flops['backward'])} + update {flops['update']:,.0f} FLOPs = "
                          f"{human_flops(int(flops['total']))}")
         sections.append(opt)
+    for sec in sections:
+        sec.notes = [cite_errata(n) for n in sec.notes]
+        sec.arithmetic = [cite_errata(a) for a in sec.arithmetic]
     return sections
 
 

@@ -205,6 +205,77 @@ def test_explain_markdown_document():
     assert "- parameters: [(5x5x3)+1]x64 = 4,864" in out
 
 
+MATH = REPO / "docs" / "MATH.md"
+ERRATA_CITATION = re.compile(r"\bERRATA ((?:\d+)(?:(?:, | and | / |-)\d+)*)")
+
+
+def errata_items() -> dict[int, str]:
+    """Item number -> its text (heading and body), from docs/MATH.md section 7."""
+    text = MATH.read_text(encoding="utf-8")
+    start = text.index("\n## 7. Where the paper is wrong")
+    section7 = text[start:text.index("\n### What the paper gets right", start)]
+    parts = re.split(r"\n### (\d+)\. ", section7)
+    return {int(number): body for number, body in zip(parts[1::2], parts[2::2])}
+
+
+def numbers(text: str) -> list[int]:
+    """'5' -> [5]; '2 and 15' -> [2, 15]; '7-9' -> [7, 8, 9]; '1 / 13 / 14' -> [1, 13, 14]."""
+    out = []
+    for part in re.split(r", | and | / ", text):
+        low, _, high = part.partition("-")
+        out += list(range(int(low), int(high or low) + 1))
+    return out
+
+
+def equations_of(text: str) -> set[int]:
+    """The equation numbers a text names: 'Eq. 46', 'Eqs. 7-9', 'Eqs. 25, 27, 28', 'Eq. 45's'."""
+    return {n for m in re.finditer(r"Eqs?\. (\d+(?:(?:, | and |-)\d+)*)", text) for n in numbers(m.group(1))}
+
+
+def test_explain_names_where_each_errata_item_is():
+    """explain prints the engine's "ERRATA 5" with where that is, in every format."""
+    for fmt in ("text", "markdown", "latex"):
+        out = explain_text(PAPER, "--format", fmt)
+        cited = ERRATA_CITATION.findall(out)
+        assert sorted(set(cited)) == ["5", "6"], (fmt, cited)  # the fused BCE gradient, t counts updates
+        assert len(re.findall(r"ERRATA \d+, docs/MATH\.md §7", out)) == len(cited), fmt
+    assert "(ERRATA 5, docs/MATH.md §7: the paper's Eq. 46 has the opposite sign)" in explain_text(PAPER)
+
+
+def test_cite_errata_adds_the_place_once():
+    from cnncli.explain import cite_errata
+
+    assert cite_errata("x (ERRATA 12: y)") == "x (ERRATA 12, docs/MATH.md §7: y)"
+    assert cite_errata("ERRATA 2 and 15.") == "ERRATA 2 and 15, docs/MATH.md §7."
+    assert cite_errata(cite_errata("ERRATA 12")) == "ERRATA 12, docs/MATH.md §7"
+    assert cite_errata("ERRATA.md") == "ERRATA.md"
+
+
+def test_every_errata_citation_is_an_item_of_math_section_7():
+    """Every "ERRATA N" in the code, the tests and the docs is an item of docs/MATH.md §7,
+    and an equation the citation names is one that item is about (ERRATA 5 with "Eq. 46"
+    must be the item on Eq. 46, not a renumbered neighbour)."""
+    items = errata_items()
+    assert sorted(items) == list(range(1, len(items) + 1)) and len(items) >= 20
+    files = [*sorted((REPO / "cnncli").rglob("*.py")), *sorted((REPO / "tests").glob("*.py")),
+             REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "configs").glob("*.yaml"))]
+    checked = 0
+    for file in files:
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            for match in ERRATA_CITATION.finditer(line):
+                where = f"{file.relative_to(REPO)}:{number}"
+                cited = numbers(match.group(1))
+                assert all(n in items for n in cited), f"{where}: {match.group(0)} is not an item of MATH.md §7"
+                # The equations named in the same clause, after the citation (up to a closing bracket).
+                clause = re.split(r"[)\]]", line[match.end():], maxsplit=1)[0]
+                named = equations_of(clause)
+                about = set().union(*(equations_of(items[n]) for n in cited))
+                assert named <= about, f"{where}: {match.group(0)} names Eq. {sorted(named - about)}, which " \
+                                       f"item {cited} does not discuss"
+                checked += 1
+    assert checked >= 30  # the engine's docstrings cite the list throughout
+
+
 def braces_balanced(tex: str) -> bool:
     """Braces (not the escaped ``\\{ \\}``) nest properly, and \\begin/\\end pair up."""
     depth = 0
@@ -308,12 +379,67 @@ def test_gradcheck_passes_on_shipped_configs(name, tmp_path, monkeypatch):
     assert "all gradients agree to better than 1e-06" in res.stdout
 
 
+def inputs_line(stdout: str) -> str:
+    """The one line that says what the gradients were checked on."""
+    lines = [l for l in stdout.splitlines() if l.startswith("inputs: ")]
+    assert len(lines) == 1, stdout
+    return lines[0]
+
+
 def test_gradcheck_without_data_uses_random_inputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = invoke("gradcheck", PAPER, "--entries", 3, "--batch", 2)  # caltech101 neither cached nor reachable
     assert_ok(res)
-    assert "random inputs" in " ".join(res.stdout.split())
+    # On a line of its own, with why: the data named and the reason it could not be read.
+    line = inputs_line(res.stdout)
+    assert line.startswith("inputs: random (2 inputs uniform in [0, 1) and random labels, seed 0): the caltech101 "
+                           "data could not be read: caltech101: cannot download "), line
+    assert "random" not in res.stdout.splitlines()[1]  # the table's title no longer carries it
     assert len(table_rows(res.stdout)) == 8
+
+
+def test_gradcheck_says_it_checks_examples_of_the_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("gradcheck", QUICK, "--entries", 3, "--batch", 2)
+    assert_ok(res)
+    assert inputs_line(res.stdout) == "inputs: 2 examples of the configured data (synthetic), drawn with seed 0"
+    folder = tmp_path / "shapes"
+    for k, name in enumerate(("a", "b")):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((16, 16, 3), 40 * (i + 3 * k), np.uint8)).save(folder / name / f"{i}.png")
+    res = invoke("gradcheck", QUICK, "--entries", 3, "--batch", 2, "--set",
+                 f"data={{source: image_folder, path: {folder}}}", "--set", "model.layers[6].units=2")
+    assert_ok(res)
+    assert inputs_line(res.stdout) == f"inputs: 2 examples of the configured data (image_folder at {folder}), " \
+                                      "drawn with seed 0"
+
+
+def test_gradcheck_random_asks_for_random_inputs_and_reads_no_data(tmp_path, monkeypatch):
+    import cnncli.experiment
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("--random must not read the data")
+
+    monkeypatch.setattr(cnncli.experiment, "load_dataset", no_reading)
+    monkeypatch.chdir(tmp_path)
+    res = invoke("gradcheck", QUICK, "--entries", 3, "--batch", 3, "--seed", 4, "--random")
+    assert_ok(res)
+    assert inputs_line(res.stdout) == "inputs: random (3 inputs uniform in [0, 1) and random labels, seed 4), as asked"
+    assert "all gradients agree" in res.stdout
+
+
+def test_gradcheck_batch_random_inputs_are_the_seeds():
+    from cnncli.builder import build
+    from cnncli.experiment import gradcheck_batch
+
+    cfg = load_config(str(QUICK), ["train.dtype=float64"], check_paths=False)
+    network, loss, _ = build(cfg)
+    x, y, source = gradcheck_batch(cfg, network, loss, 3, 7, Path("unused"), random_inputs=True)
+    np.testing.assert_array_equal(x, np.random.default_rng(7).random((3, 16, 16, 3)))
+    assert len(y) == 3 and source.endswith(", as asked")
+    data_x, _, from_data = gradcheck_batch(cfg, network, loss, 3, 7, Path("unused"))
+    assert not np.array_equal(data_x, x) and from_data.startswith("3 examples of the configured data")
 
 
 QUICK = CONFIGS / "quickstart.yaml"  # 0 conv 16, 1 pool, 2 conv 32, 3 pool, 4 flatten, 5 dense 64, 6 dense 3

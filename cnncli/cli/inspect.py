@@ -133,12 +133,16 @@ def gradcheck(
     seed: int = typer.Option(0, "--seed", help="Seed of the weights, the sampled entries and random data."),
     entries: int = typer.Option(20, "--entries", min=1, help="Entries checked per tensor (sampled when larger)."),
     tolerance: float = typer.Option(1e-6, "--tolerance", help="Largest relative error that passes."),
+    random_inputs: bool = typer.Option(False, "--random", help="Random inputs and labels instead of examples of "
+                                                               "the config's data (which is then not read)."),
     set_: List[str] = SET,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Its .cache holds decoded images."),
 ) -> None:
     """Compare every analytic gradient with central differences, in float64, per layer.
 
-    Exit code 1 when any layer fails.
+    The inputs are a few examples of the config's data; random ones with --random, or
+    when the data cannot be read (the "inputs:" line says which, and why). Exit code 1
+    when any layer fails.
     """
     from cnncli.builder import build
     from cnncli.config import load_config
@@ -148,9 +152,12 @@ def gradcheck(
     config = config_path(config)
     cfg = load_config(str(config), [*set_, "train.dtype=float64", f"seed={seed}"], check_paths=False)
     network, loss, _ = build(cfg)
-    x, y, source = gradcheck_batch(cfg, network, loss, batch, seed, runs_dir / ".cache")
+    x, y, source = gradcheck_batch(cfg, network, loss, batch, seed, runs_dir / ".cache", random_inputs)
+    # On its own line, not in the table's title: random inputs the user did not ask for are
+    # worth seeing (the check still proves the gradients, on other inputs than the data's).
+    say(f"inputs: {source}")
     rows = check_network(network, loss, x, y, max_entries=entries, seed=seed)
-    console.print(gradcheck_table(rows, tolerance, f"gradient check of {config}: float64, {source}, central "
+    console.print(gradcheck_table(rows, tolerance, f"gradient check of {config}: float64, central "
                                                    "differences (h = 1e-6)"))
     say("local: the layer alone on its input with a random upstream gradient (dx and parameters); end to end: the "
         "loss's gradient with respect to the layer's parameters (or the input) through the whole network; kinks: "
