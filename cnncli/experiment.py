@@ -93,7 +93,7 @@ class RunWriter(Callback):
     def save_last(self, state: TrainState) -> None:
         runs.save_checkpoint(self.run_dir / "checkpoints" / "last.npz", self.network, self.optimizer,
                              self._meta(state))
-        self.last_saved = {"epoch": state.epoch, "batch": state.batch, "step": self.optimizer.t}
+        self.last_saved = {"epochs_completed": state.epoch, "batch": state.batch, "step": self.optimizer.t}
 
     def on_train_start(self, epochs, steps_per_epoch, state):
         self.steps_per_epoch = steps_per_epoch
@@ -110,7 +110,7 @@ class RunWriter(Callback):
             self.best_state = self.network.state_dict()
         if self.unit == "steps" or metrics.epoch % self.every == 0 or metrics.epoch == self.epochs:
             self.save_last(state)
-        runs.write_status(self.run_dir, "running", epoch=metrics.epoch, step=metrics.step)
+        runs.write_status(self.run_dir, "running", epochs_completed=metrics.epoch, step=metrics.step)
 
     def on_dynamics(self, record: dict) -> None:
         self.dynamics_log.append(record)
@@ -200,7 +200,7 @@ def train(config: Config | dict | str, *, overrides=(), runs_dir: str | Path = "
     # MLflow tracking (cnncli.tracking): a store it cannot use is refused before the folder exists.
     tracker = tracking.connect(values.get("tracking"), source=config.source, on_warning=on_warning)
     run_dir = runs.create_run_dir(runs_dir, name or values["name"], exact=exact_name)
-    runs.write_status(run_dir, "running", epoch=0, step=0)
+    runs.write_status(run_dir, "running", epochs_completed=0, step=0)
     # The run keeps its own copy of every plugin, and its config names the copies.
     in_folder = {**values, "plugins": plugins.copy_into(run_dir, values["plugins"])}
     runs.atomic_write_text(run_dir / "config.yaml", yamlfiles.dump(in_folder))
@@ -289,7 +289,7 @@ def resume(run_dir: str | Path, *, overrides=(), callbacks: tuple[Callback, ...]
         if on_notice is not None:
             on_notice(line)
     if status.get("status") == "completed":
-        done = status.get("epoch", 0)
+        done = runs.epochs_completed(status)
         if status.get("stopped_early") and not any(k.startswith("train.early_stopping") for k in changed):
             raise RunFolderError(f"{run_dir}: the run stopped early at epoch {done}; continue it with --set "
                                  "train.early_stopping=null (or a larger train.early_stopping.patience)")
@@ -347,7 +347,8 @@ def resume(run_dir: str | Path, *, overrides=(), callbacks: tuple[Callback, ...]
                           "differ); config.yaml records it under history")
     for line in schedule_notes(optimizer, config.values, len(data.train)) if on_notice is not None else ():
         on_notice(line)
-    runs.write_status(run_dir, "running", epoch=train_state.epoch, step=optimizer.t, resumed_from=resumed_from)
+    runs.write_status(run_dir, "running", epochs_completed=train_state.epoch, step=optimizer.t,
+                      resumed_from=resumed_from)
     if on_ready is not None:
         on_ready(run_dir, config, network, data)
     run = Run(run_dir, config)
@@ -379,24 +380,24 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
                          else np.asarray(data.info["class_weights"]),
                          dynamics=DynamicsSchedule.from_config(values["train"]["dynamics"]))
     except TrialPruned as pruned:  # a sweep's pruner stopped it: what it finished stays
-        runs.write_status(run_dir, "pruned", epoch=len(runs.read_metrics(run_dir)), step=optimizer.t,
+        runs.write_status(run_dir, "pruned", epochs_completed=len(runs.read_metrics(run_dir)), step=optimizer.t,
                           checkpoint=writer.last_saved, reason=str(pruned))
         raise
     except KeyboardInterrupt:
         saved = writer.last_saved or {}
-        runs.write_status(run_dir, "interrupted", epoch=state.epoch, step=optimizer.t,
+        runs.write_status(run_dir, "interrupted", **runs.epoch_fields(state.epoch, state.batch), step=optimizer.t,
                           checkpoint=saved or None,
                           reason="stopped at once by a second interrupt; resume continues from the last "
                                  "checkpoint")
         raise
     except BaseException as err:
-        runs.write_status(run_dir, "failed", epoch=state.epoch, step=optimizer.t,
+        runs.write_status(run_dir, "failed", **runs.epoch_fields(state.epoch, state.batch), step=optimizer.t,
                           checkpoint=writer.last_saved, reason=f"{type(err).__name__}: {err}")
         raise
     run.result = result
     if result.interrupted:
         run.status = "interrupted"
-        runs.write_status(run_dir, "interrupted", epoch=state.epoch, batch=state.batch, step=optimizer.t,
+        runs.write_status(run_dir, "interrupted", **runs.epoch_fields(state.epoch, state.batch), step=optimizer.t,
                           checkpoint=writer.last_saved,
                           reason="interrupted; the checkpoint holds every finished step")
         return run
@@ -419,15 +420,17 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
         write_curves(run_dir, result.history)
         best = result.best
         last_epoch = result.history[-1].epoch if result.history else 0
-        runs.write_status(run_dir, "completed", epoch=last_epoch, step=optimizer.t,
+        runs.write_status(run_dir, "completed", epochs_completed=last_epoch, step=optimizer.t,
                           stopped_early=result.stopped_early, best_epoch=result.best_epoch, monitor=result.monitor,
                           best=best.as_dict() if best else None)
     except KeyboardInterrupt:
-        runs.write_status(run_dir, "interrupted", epoch=state.epoch, step=optimizer.t, checkpoint=writer.last_saved,
+        runs.write_status(run_dir, "interrupted", epochs_completed=state.epoch, step=optimizer.t,
+                          checkpoint=writer.last_saved,
                           reason="stopped at once after the last epoch; resume finishes the run")
         raise
     except BaseException as err:
-        runs.write_status(run_dir, "failed", epoch=state.epoch, step=optimizer.t, checkpoint=writer.last_saved,
+        runs.write_status(run_dir, "failed", epochs_completed=state.epoch, step=optimizer.t,
+                          checkpoint=writer.last_saved,
                           reason=f"{type(err).__name__}: {err}")
         raise
     run.status = "completed"
@@ -534,18 +537,31 @@ def read_run_dynamics(run_dir: Path) -> list[dict]:
                          "the first epoch, or after train.dynamics.every steps)")
 
 
-def evaluation_file(checkpoint: str, data_path: str | None = None) -> str:
-    """``eval-best.json``, ``eval-last.json``, ``eval-best-<data>.json``: what ``cnncli eval``
-    writes, beside (never over) the ``eval.json`` of the run's own evaluation."""
-    return f"eval-{checkpoint}" + (f"-{runs.sanitize_name(Path(data_path).name)}" if data_path else "") + ".json"
+#: The splits ``cnncli eval --split`` can score.
+EVAL_SPLITS = ("test", "validation", "train")
+
+
+def evaluation_file(checkpoint: str, data_path: str | None = None, split: str | None = None) -> str:
+    """``eval-best.json``, ``eval-last.json``, ``eval-best-<data>.json``,
+    ``eval-best-<split>.json``: what ``cnncli eval`` writes, beside (never over) the
+    ``eval.json`` of the run's own evaluation."""
+    suffix = f"-{runs.sanitize_name(Path(data_path).name)}" if data_path else (f"-{split}" if split else "")
+    return f"eval-{checkpoint}{suffix}.json"
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str | None = None, data_path: str | None = None,
-                 pictures: bool = True) -> dict:
-    """Evaluate a run's checkpoint (None: its ``eval.checkpoint``) on its evaluation data
-    (or on ``data_path``); writes :func:`evaluation_file` and (``pictures``) confusion.png,
-    roc.png and misclassified.png beside it; the report's ``pictures`` lists the pictures
-    written and ``file`` the JSON's name."""
+                 split: str | None = None, pictures: bool = True) -> dict:
+    """Evaluate a run's checkpoint (None: its ``eval.checkpoint``) on its evaluation data:
+    the test split when the run has one (``data.test_path``, IDX's t10k files), else the
+    validation split; or on ``split`` (test, validation or train, as training split the
+    data), or on ``data_path``. Writes :func:`evaluation_file` and (``pictures``)
+    confusion.png, roc.png and misclassified.png beside it; the report's ``data`` names
+    the split, ``pictures`` lists the pictures written and ``file`` the JSON's name.
+    Nothing is printed (``cnncli eval`` prints the report)."""
+    if split is not None and split not in EVAL_SPLITS:
+        raise DataError(f"--split: expected {', '.join(EVAL_SPLITS)}; got {split!r}")
+    if split is not None and data_path is not None:
+        raise DataError("give --split or --data-path, not both (--data-path scores all of the data it names)")
     run_dir = Path(run_dir)
     checkpoint = run_checkpoint(run_dir, checkpoint)
     config, network, loss, info, meta = load_run(run_dir, checkpoint)
@@ -571,10 +587,13 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | None = None, data_pat
     else:
         # The same config and seed give the same split and statistics as in training.
         data = load_dataset(values, cache_dir=run_dir.parent / ".cache", outputs=outputs)
-        split = data.evaluation
-        which = "test" if data.test is not None else "validation"
-        if split is None:
-            raise DataError("this run has no validation or test data; pass --data-path")
+        which = split or ("test" if data.test is not None else "validation")
+        split = {"test": data.test, "validation": data.validation, "train": data.train}[which]
+        if split is None or not len(split):
+            if which == "test":
+                raise DataError(f"{run_dir}: this run has no test split (data.test_path, or IDX's t10k files); "
+                                "use --split validation or --data-path")
+            raise DataError(f"{run_dir}: this run has no {which} split; pass --data-path")
     names = info.get("class_names", data.class_names)
     report, outputs = evaluate_split(network, loss, split, names, values["eval"]["batch_size"])
     report.update(checkpoint=checkpoint, epoch=meta.get("epoch"), data=which)
@@ -582,7 +601,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | None = None, data_pat
         written = evaluation_pictures(run_dir, report, split, outputs, normalization_of(info),
                                       f"{run_dir.name} ({checkpoint}, {which})", Path(which).name)
         report["pictures"] = [p.name for p in written]
-    report["file"] = evaluation_file(checkpoint, data_path)
+    report["file"] = evaluation_file(checkpoint, data_path, which if data_path is None and
+                                     which != ("test" if data.test is not None else "validation") else None)
     runs.write_json(run_dir / report["file"], report)
     return report
 

@@ -153,6 +153,51 @@ def write_status(run_dir: Path, state: str, **details) -> None:
                                          **details})
 
 
+def epoch_fields(completed: int, batch: int) -> dict:
+    """How far a run got, as status.json says it: ``epochs_completed`` (epochs are
+    numbered from 1, as the terminal and metrics.jsonl number them), and for a run that
+    stopped inside an epoch, ``current_epoch`` (that epoch's number) and ``batch`` (the
+    batches of it finished)."""
+    if batch:
+        return {"epochs_completed": completed, "current_epoch": completed + 1, "batch": batch}
+    return {"epochs_completed": completed, "batch": 0}
+
+
+def epochs_completed(status: dict) -> int:
+    """Epochs a run finished, from its status (run folders written before the field was
+    named ``epochs_completed`` call it ``epoch``)."""
+    return int(status.get("epochs_completed", status.get("epoch", 0)) or 0)
+
+
+def best_epoch(run_dir: Path, rows: list[dict] | None = None) -> tuple[str, dict | None]:
+    """(monitor, metrics row) of the run's best epoch in the one meaning training gives
+    "best": the epoch whose monitored metric (``train.early_stopping.monitor``, else
+    val_loss; loss and accuracy when there is no validation data) was best, the epoch
+    best.npz holds. A finished run's status.json says which; for a run still going it is
+    read off metrics.jsonl by the same rule."""
+    rows = read_metrics(run_dir) if rows is None else rows
+    status = read_status(run_dir)
+    monitor = status.get("monitor")
+    if monitor is None:
+        try:
+            import yaml
+
+            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            early = (config.get("train") or {}).get("early_stopping") or {}
+            monitor = early.get("monitor", "val_loss") if isinstance(early, dict) else "val_loss"
+        except Exception:  # a run folder without a readable config: the default monitor
+            monitor = "val_loss"
+        if rows and monitor.startswith("val_") and rows[-1].get(monitor) is None:
+            monitor = monitor[4:]
+    if status.get("best_epoch") is not None:
+        return monitor, next((r for r in rows if r.get("epoch") == status["best_epoch"]), None)
+    scored = [r for r in rows if isinstance(r.get(monitor), (int, float)) and r[monitor] == r[monitor]]
+    if not scored:
+        return monitor, None
+    pick = max if monitor.endswith("accuracy") else min
+    return monitor, pick(scored, key=lambda r: r[monitor])  # the first of equals, as training keeps it
+
+
 def read_status(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "status.json").read_text())

@@ -75,7 +75,7 @@ def test_train_writes_every_file_of_a_run(trained):
     assert [int(r["epoch"]) for r in table] == [1, 2]
     assert float(table[1]["val_loss"]) == pytest.approx(rows[1]["val_loss"])
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "completed" and status["epoch"] == 2
+    assert status["status"] == "completed" and status["epochs_completed"] == 2
     data = json.loads((run / "data.json").read_text())
     assert data["class_names"] == ["circle", "square"] and data["normalization"]["mode"] == "scale"
     ev = json.loads((run / "eval.json").read_text())

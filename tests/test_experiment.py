@@ -115,7 +115,7 @@ def test_paper_network_on_caltech_end_to_end(tmp_path):
     assert res.exit_code == 0, (res.stdout, res.stderr, res.exc_info)
     (run,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "completed" and status["epoch"] == 3
+    assert status["status"] == "completed" and status["epochs_completed"] == 3
     data = json.loads((run / "data.json").read_text())
     assert data["class_names"] == ["Motorbikes", "airplanes"]
     assert data["train"] + data["validation"] == 1598 and data["skipped"] == []
@@ -147,7 +147,7 @@ def test_early_stopping_stops_and_restores_the_best(tmp_path):
     assert run.best.epoch == 1 and run.result.best_epoch == 1
     status = json.loads((run.path / "status.json").read_text())
     assert status["status"] == "completed" and status["stopped_early"] is True
-    assert status["best_epoch"] == 1 and status["epoch"] == 2
+    assert status["best_epoch"] == 1 and status["epochs_completed"] == 2
     assert runs_mod.load_checkpoint(run.path / "checkpoints" / "best.npz")[2]["epoch"] == 1
     assert runs_mod.load_checkpoint(run.path / "checkpoints" / "last.npz")[2]["epoch"] == 2
     best = checkpoint_arrays(run.path / "checkpoints" / "best.npz")
@@ -243,7 +243,7 @@ def test_a_failing_run_says_failed_with_the_reason(tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed"
     assert "RuntimeError" in status["reason"] and "boom" in status["reason"]
-    assert status["epoch"] == 1
+    assert status["epochs_completed"] == 1
     # What was done is kept: the first epoch's metrics and checkpoint.
     assert [r["epoch"] for r in runs_mod.read_metrics(run)] == [1]
     assert runs_mod.load_checkpoint(run / "checkpoints" / "last.npz")[2]["epoch"] == 1

@@ -310,17 +310,23 @@ def test_a_signal_stops_after_the_step_and_resume_is_bit_identical(tmp_path, fau
     assert f"cnncli train --resume {run}" in proc.stderr
     status = status_of(run)
     assert status["status"] == "interrupted", status
-    assert isinstance(status["epoch"], int) and isinstance(status["step"], int) and "batch" in status
-    assert (0 if mid_epoch else 1) <= status["epoch"] < FAULTS["train"]["epochs"]
-    assert status["step"] == status["epoch"] * STEPS_PER_EPOCH + status["batch"]
+    done = status["epochs_completed"]
+    assert isinstance(done, int) and isinstance(status["step"], int) and "batch" in status
+    assert "epoch" not in status  # one numbering: epochs completed, and the epoch in progress (from 1)
+    assert (0 if mid_epoch else 1) <= done < FAULTS["train"]["epochs"]
+    assert status["step"] == done * STEPS_PER_EPOCH + status["batch"]
     if mid_epoch:
-        assert status["epoch"] == frozen["epoch"] and frozen["batch"] <= status["batch"] <= frozen["batch"] + every
-        assert f"after batch {status['batch']} " in proc.stderr
+        assert done == frozen["epoch"] and frozen["batch"] <= status["batch"] <= frozen["batch"] + every
+        # The epoch the terminal names is the one status.json names: numbered from 1.
+        assert status["current_epoch"] == done + 1
+        assert f"interrupted in epoch {done + 1} after batch {status['batch']} " in proc.stderr
+    else:
+        assert "current_epoch" not in status or status["current_epoch"] == done + 1
     # The checkpoint holds exactly the steps the status reports.
     _, optim, meta = runs.load_checkpoint(run / "checkpoints" / "last.npz")
     assert meta["step"] == int(optim["t"]) == status["step"]
-    assert (meta["epoch"], meta["batch"]) == (status["epoch"], status["batch"])
-    assert status["checkpoint"] == {"epoch": meta["epoch"], "batch": meta["batch"], "step": meta["step"]}
+    assert (meta["epoch"], meta["batch"]) == (done, status["batch"])
+    assert status["checkpoint"] == {"epochs_completed": meta["epoch"], "batch": meta["batch"], "step": meta["step"]}
     assert_every_file_parses(run)
 
     resume_with_cli(run)
@@ -464,10 +470,10 @@ def test_interrupted_twice_and_resumed_twice_is_still_bit_identical(tmp_path):
     reference = cnncli.train(chain_config(), runs_dir=tmp_path / "reference", handle_signals=False)
     run = cnncli.train(chain_config(), runs_dir=tmp_path / "runs", callbacks=(InterruptAt(1, 3),))
     assert run.status == "interrupted"
-    assert (status_of(run.path)["epoch"], status_of(run.path)["batch"]) == (0, 3)
+    assert (status_of(run.path)["epochs_completed"], status_of(run.path)["batch"]) == (0, 3)
     run = experiment.resume(run.path, callbacks=(InterruptAt(3, 5, signal.SIGTERM),))
     assert run.status == "interrupted"
-    assert (status_of(run.path)["epoch"], status_of(run.path)["batch"], status_of(run.path)["step"]) == (2, 5, 17)
+    assert (status_of(run.path)["epochs_completed"], status_of(run.path)["batch"], status_of(run.path)["step"]) == (2, 5, 17)
     assert [r["epoch"] for r in runs.read_metrics(run.path)] == [1, 2]
     run = experiment.resume(run.path)
     assert run.status == "completed"
@@ -484,7 +490,7 @@ def test_a_crash_between_epoch_checkpoints_rolls_the_log_back_and_resumes_identi
     run = only_run(tmp_path / "runs")
     status = status_of(run)
     assert status["status"] == "failed" and "the machine went away" in status["reason"]
-    assert status["checkpoint"]["epoch"] == 2
+    assert status["checkpoint"]["epochs_completed"] == 2
     assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3]  # epoch 3 is not in any checkpoint
     resumed = experiment.resume(run, handle_signals=False)
     assert resumed.status == "completed"
@@ -503,7 +509,7 @@ def test_ctrl_c_after_the_last_epoch_says_interrupted_and_resume_finishes_the_ru
         cnncli.train(chain_config(), runs_dir=tmp_path / "runs")
     run = only_run(tmp_path / "runs")
     status = status_of(run)
-    assert status["status"] == "interrupted" and status["epoch"] == 5, status
+    assert status["status"] == "interrupted" and status["epochs_completed"] == 5, status
     monkeypatch.setattr(experiment, "write_curves", real_write_curves)
     assert experiment.resume(run).status == "completed"
     assert_same_small_run(run, reference.path)
@@ -791,7 +797,7 @@ def test_divergence_fails_the_run_with_the_reason_and_keeps_the_good_checkpoints
     reason = status["reason"]
     for phrase in ("NonFiniteError", "not finite", "epoch 2", "step 11", "batch 2 of 9", "learning rate 1e+28"):
         assert phrase in reason, (phrase, reason)
-    assert status["checkpoint"] == {"epoch": 1, "batch": 0, "step": 9}
+    assert status["checkpoint"] == {"epochs_completed": 1, "batch": 0, "step": 9}
     assert [r["epoch"] for r in runs.read_metrics(run)] == [1]
     assert_finite_checkpoint(run / "checkpoints" / "best.npz", 1)
     assert_finite_checkpoint(run / "checkpoints" / "last.npz", 1)

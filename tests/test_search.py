@@ -57,7 +57,7 @@ def test_a_tpe_search_with_the_median_pruner_prunes_and_keeps_the_study(tmp_path
         assert status["status"] == record["status"]
         assert (run / "checkpoints" / "last.npz").is_file()  # a pruned trial keeps what it finished
         if record["status"] == "pruned":
-            assert record["metrics"]["epochs"] < 4 and status["epoch"] == record["metrics"]["epochs"]
+            assert record["metrics"]["epochs"] < 4 and status["epochs_completed"] == record["metrics"]["epochs"]
     # the leaderboard shows pruned trials and the epoch they reached
     assert "pruned" in res.stdout and "pruned" in (folder / "leaderboard.md").read_text()
     # the sampled values are in sweep.yaml and results.csv

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from cnncli import runs as runs_mod
 from cnncli import sweep as sweeps
 from cnncli.cli import app
 from cnncli.errors import ConfigError
@@ -631,8 +632,10 @@ def test_runs_lists_runs_and_sweeps_with_counts(parallel_sweep, tmp_path):
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stdout.splitlines() if "20240101-000000-solo" in x)
     assert "completed" in line
-    best = json.loads((folder / "trials.json").read_text())["2"]["metrics"]["best_val_accuracy"]
-    assert f"{best:.4f}" in line
+    # "best" is training's: the epoch of the best monitored value, and its figures there.
+    status = json.loads((folder / "trial-002" / "status.json").read_text())
+    at_best = next(r for r in runs_mod.read_metrics(folder / "trial-002") if r["epoch"] == status["best_epoch"])
+    assert f"{status['best_epoch']} ({status['monitor']})" in line and f"{at_best['val_accuracy']:.4f}" in line
     assert says(result.stdout, f"sweep {folder.name}: 4 completed, 0 failed, 0 running")
     assert "trial-000" not in result.stdout  # trials are listed with their sweep, not as runs
 
@@ -651,9 +654,9 @@ def test_compare_shows_metrics_and_config_differences(parallel_sweep):
     lr_line = next(x for x in diff.splitlines() if "optimizer.lr" in x)
     assert "0.01" in lr_line and "0.001" in lr_line
     assert "optimizer.name" not in diff and "model.input_shape" not in diff and "name " not in diff.split("\n", 1)[1]
-    for run in (a, b):
-        best = max(json.loads(x)["val_accuracy"] for x in (run / "metrics.jsonl").read_text().splitlines())
-        assert f"{best:.4f}" in next(x for x in out.splitlines() if "best val_accuracy" in x)
+    for run in (a, b):  # the val_accuracy of the epoch training called best (by its monitor)
+        _, best = runs_mod.best_epoch(run)
+        assert f"{best['val_accuracy']:.4f}" in next(x for x in out.splitlines() if "val_accuracy at the best" in x)
 
     three = cli("compare", a, b, c)
     assert three.exit_code == 0, three.output

@@ -15,8 +15,14 @@ from cnncli.errors import CnnCliError
 
 def print_report(path: Path, checkpoint: str, report: dict) -> None:
     names = report["class_names"]
-    say(f"{path} ({checkpoint} checkpoint, epoch {report['epoch']}) on {report['data']}: "
-        f"{report['examples']} examples")
+    data = report["data"]
+    what = f"the {data} split" if data in ("test", "validation", "train") else data
+    say(f"{path} ({checkpoint} checkpoint, epoch {report['epoch']}) on {what}: {report['examples']} examples")
+    if data == "validation" and checkpoint == "best":
+        say("(the validation split chose this checkpoint, so its scores here are optimistic; a test split, "
+            "data.test_path, gives an unbiased figure)")
+    elif data == "train":
+        say("(the training split: these examples were learned; compare with --split validation)")
     say(f"loss {report['loss']:.4f}   accuracy {report['accuracy']:.4f}")
     console.print(table("confusion matrix (rows: true, columns: predicted)",
                         [("", "left")] + [(n, "right") for n in names],
@@ -42,10 +48,14 @@ def eval_(
     run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the most recent under runs/)."),
     checkpoint: Optional[str] = CHECKPOINT,
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="Evaluate on other data of the same kind."),
+    split: Optional[str] = typer.Option(None, "--split", help="test, validation or train, as training split the "
+                                                             "data (default: test when the run has a test split, "
+                                                             "else validation)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     runs_dir: Path = RUNS_DIR,
 ) -> None:
-    """Evaluate a run: loss, accuracy, confusion matrix, per-class precision/recall/F1."""
+    """Evaluate a run: loss, accuracy, confusion matrix, per-class precision/recall/F1, on
+    the test split when the run has one, else the validation split (--split, --data-path)."""
     from cnncli.experiment import evaluate_run
     from cnncli.experiment import run_checkpoint
     from cnncli.runs import checkpoint_name, resolve_run_dir
@@ -54,7 +64,7 @@ def eval_(
         checkpoint_name(checkpoint)  # best or last, checked before anything is read
     path = resolve_run_dir(run_dir, runs_dir)
     checkpoint = run_checkpoint(path, checkpoint)
-    report = evaluate_run(path, checkpoint=checkpoint, data_path=str(data_path) if data_path else None)
+    report = evaluate_run(path, checkpoint=checkpoint, data_path=str(data_path) if data_path else None, split=split)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

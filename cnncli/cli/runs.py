@@ -22,9 +22,13 @@ def _age(path: Path) -> str:
     return f"{seconds:.0f}s"
 
 
-def _best(rows: list[dict], key: str, pick) -> str:
-    values = [r[key] for r in rows if r.get(key) is not None]
-    return f"{pick(values):.4f}" if values else ""
+def _figure(row: dict | None, key: str) -> str:
+    value = (row or {}).get(key)
+    return f"{value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def _best_label(monitor: str, row: dict | None) -> str:
+    return f"{row['epoch']} ({monitor})" if row else ""
 
 
 @user_errors
@@ -45,13 +49,16 @@ def runs_(folder: Optional[Path] = typer.Argument(None, help="Folder of runs (de
     body = []
     for path in found:
         rows = rs.read_metrics(path)
+        monitor, best = rs.best_epoch(path, rows)
         body.append([path.name, rs.read_status(path).get("status", "?"), _age(path), str(len(rows)),
-                     _best(rows, "val_accuracy", max), _best(rows, "val_loss", min),
-                     f"{rows[-1]['accuracy']:.4f}" if rows else ""])
+                     _best_label(monitor, best), _figure(best, "val_accuracy"), _figure(best, "val_loss"),
+                     _figure(rows[-1] if rows else None, "accuracy")])
     if body:  # a folder of sweeps only has no run table to show
+        # "best" means what training means by it: the epoch of the best monitored value
+        # (the one best.npz holds), and that epoch's figures, not each column's own maximum.
         console.print(table(str(runs_dir), [(c, "left" if c in ("run", "status") else "right") for c in
-                                            ("run", "status", "age", "epochs", "best val_acc", "best val_loss",
-                                             "final acc")], body))
+                                            ("run", "status", "age", "epochs", "best epoch (by)", "val_acc there",
+                                             "val_loss there", "final acc")], body))
     else:
         say(f"no runs in {runs_dir}/ outside its sweeps")
     if sweeps_dir.is_dir():
@@ -69,8 +76,10 @@ def run_figures(path: Path) -> dict[str, str]:
 
     rows = rs.read_metrics(path)
     final = rows[-1] if rows else {}
+    monitor, best = rs.best_epoch(path, rows)
     return {"status": rs.read_status(path).get("status", "?"), "epochs": str(len(rows)),
-            "best val_accuracy": _best(rows, "val_accuracy", max), "best val_loss": _best(rows, "val_loss", min),
+            "best epoch (by)": _best_label(monitor, best), "val_accuracy at the best epoch": _figure(best, "val_accuracy"),
+            "val_loss at the best epoch": _figure(best, "val_loss"),
             "final accuracy": f"{final['accuracy']:.4f}" if final else "",
             "final loss": f"{final['loss']:.4f}" if final else "",
             "seconds": f"{sum(r['seconds'] for r in rows):.1f}" if rows else ""}

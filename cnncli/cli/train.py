@@ -114,8 +114,10 @@ def print_outcome(run) -> None:
         from cnncli.runs import read_status
 
         status = read_status(run.path)
-        say(f"interrupted in epoch {status.get('epoch', 0) + 1} after batch {status.get('batch')} (step "
-            f"{status.get('step')}); checkpoint written to {run.path / 'checkpoints' / 'last.npz'}\n"
+        where = (f"in epoch {status['current_epoch']} after batch {status.get('batch')}" if "current_epoch" in status
+                 else f"after epoch {status.get('epochs_completed', 0)}")
+        say(f"interrupted {where} (step {status.get('step')}); checkpoint written to "
+            f"{run.path / 'checkpoints' / 'last.npz'}\n"
             f"resume with: cnncli train --resume {run.path}", error=True)
         raise typer.Exit(130)
     best = run.best
