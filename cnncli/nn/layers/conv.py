@@ -45,7 +45,7 @@ pixel: for large images it is gigabytes (Figure 2's second conv at 224x224, batc
 same order. A tile depends only on the layer's shapes, never on the memory budget or the
 batch, so the budget changes where the memory goes, not one bit of the result:
 
-* the whole batch's im2col within :func:`memory_budget` (default 256 MiB a layer,
+* the whole batch's im2col within :func:`memory_budget` (default 128 MiB a layer,
   ``CNNCLI_CONV_MEMORY_MB``, :func:`set_memory_budget`): every tile is kept from the
   forward pass for ``dW`` (no second copy);
 * beyond it: one tile's workspace is reused, the forward pass fills it tile by tile, and
@@ -77,9 +77,9 @@ IMPLEMENTATIONS = ("fast", "reference")
 
 #: The most im2col bytes one tile of examples holds (a tile is at least one example). It
 #: fixes the order of dW's sums, so it must not depend on the budget or the batch.
-TILE_BYTES = 64 * 2**20
+TILE_BYTES = 32 * 2**20
 #: im2col bytes a layer may keep for the whole batch between forward and backward.
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_MEMORY_BUDGET = 128 * 2**20
 #: Rows of delta a thread turns into dX at a time (at least one example's).
 INPUT_GRADIENT_ROWS = 8192
 _budget: int | None = None
@@ -87,7 +87,7 @@ _budget: int | None = None
 
 def set_memory_budget(nbytes: int | None) -> None:
     """Bytes of im2col a conv layer may keep between its forward and backward passes;
-    None goes back to ``CNNCLI_CONV_MEMORY_MB`` or the default (256 MiB). Beyond it the
+    None goes back to ``CNNCLI_CONV_MEMORY_MB`` or the default (128 MiB). Beyond it the
     layer keeps one tile (at most :data:`TILE_BYTES`) and copies the windows again in the
     backward pass. The results are the same to the last bit either way."""
     global _budget
@@ -97,7 +97,7 @@ def set_memory_budget(nbytes: int | None) -> None:
 
 
 def memory_budget() -> int:
-    """The budget in bytes: :func:`set_memory_budget`, else ``CNNCLI_CONV_MEMORY_MB``, else 256 MiB."""
+    """The budget in bytes: :func:`set_memory_budget`, else ``CNNCLI_CONV_MEMORY_MB``, else 128 MiB."""
     if _budget is not None:
         return _budget
     env = os.environ.get("CNNCLI_CONV_MEMORY_MB", "").strip()
