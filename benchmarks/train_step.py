@@ -570,7 +570,7 @@ def median(xs):
 
 
 def target_lines(results) -> list[str]:
-    """The speed targets of issues 2 and 7, each with its ratio in this run (MET / NOT MET)."""
+    """The speed targets of issues 2, 7 and 16, each with its ratio in this run (MET / NOT MET)."""
     def ratio(key, mode, other):
         times = results[key]["times"]
         return median(times[("cnncli", mode)]) / median(times[(other, mode)])
@@ -590,6 +590,16 @@ def target_lines(results) -> list[str]:
                            ratio((batch, dtype), "train", "torch_nchw"), 1.0))
         checks.append((f"issue 7: {dtype} inference, batch {batch}, <= 1.0x torch NCHW",
                        ratio((batch, dtype), "infer", "torch_nchw"), 1.0))
+    if (128, "float32") in results:
+        checks.append(("issue 16: float32 training, batch 128, <= 1.0x torch NCHW",
+                       ratio((128, "float32"), "train", "torch_nchw"), 1.0))
+        checks.append(("issue 16: float32 training, batch 128, <= 1.1x torch channels_last",
+                       ratio((128, "float32"), "train", "torch_cl"), 1.1))
+    if (32, "float32") in results:
+        # "with margin over the noise": this VM moves the ratio by up to ~0.08 between runs
+        # (benchmarks/README.md), so 0.92 keeps batch 32 under 1.0x in a bad run too.
+        checks.append(("issue 16: float32 training, batch 32, <= 0.92x torch NCHW (1.0x less the noise)",
+                       ratio((32, "float32"), "train", "torch_nchw"), 0.92))
     return [f"- {what}: {'MET' if r <= limit else 'NOT MET'} (ratio {r:.2f})" for what, r, limit in checks]
 
 

@@ -323,20 +323,23 @@ class Conv2D(ActivatedLayer):
             raise AssertionError("im2col target is not a view of the workspace")
         cols3 = cols.reshape(ph * pw, count * per_example, cols.shape[1])  # (P, rows of the tile, width)
 
-        def im2col_and_product(a, b):  # the tile's examples a..b
-            np.copyto(dest[:, :, a:b], windows8[:, :, first + a:first + b])
-            rows = slice(a * per_example, b * per_example)
+        def im2col_and_product(a, b):  # the tile's output rows a..b (each W'/pw pixels wide), all offsets
+            for example in range(a // hb, -(-b // hb)):  # the window view is strided by example
+                top, bottom = max(a - example * hb, 0), min(b - example * hb, hb)
+                np.copyto(dest[:, :, example, top:bottom], windows8[:, :, first + example, top:bottom])
+            rows = slice(a * wb, b * wb)  # row (example, i, j) of each offset's block is (example*hb + i)*wb + j
             if self.use_bias:
                 cols3[:, rows, k] = 1
             if product is not None:
                 w_aug, z = product
-                np.matmul(cols3[:, rows], w_aug, out=z[:, (first + a) * per_example:(first + b) * per_example])
+                offset = first * per_example
+                np.matmul(cols3[:, rows], w_aug, out=z[:, offset + a * wb:offset + b * wb])
 
+        # Split by output rows, not examples: a tile of one large example still uses every thread.
         width = cols.shape[1]
         f = self.filters
-        per_example_work = parallel.work(ph * pw * per_example * k,
-                                         ph * pw * per_example * width * f if product is not None else 0)
-        parallel.run(im2col_and_product, parallel.chunks(count, per_example_work))
+        per_row_work = parallel.work(ph * pw * wb * k, ph * pw * wb * width * f if product is not None else 0)
+        parallel.run(im2col_and_product, parallel.chunks(count * hb, per_row_work))
 
     def forward_rows(self, x: np.ndarray, blocks: tuple[int, int] | None = None, *, keep: bool = True) -> np.ndarray:
         """The fast forward pass, without the activation.
