@@ -119,6 +119,18 @@ class PoolAfterActivation(Step):
         return f"layers[{self.indices[0]}-{self.indices[1]}]: {self.activation.name} after max pooling"
 
 
+#: Elements of one example group in the fused pooling's passes: its temporaries (the
+#: activation's, the comparisons') stay a few megabytes however large the images.
+GROUP_ELEMENTS = 1 << 20
+
+
+def example_groups(start: int, stop: int, per_example: int):
+    """(a, b) ranges covering examples start..stop, about GROUP_ELEMENTS elements each
+    (at least one example). Elementwise passes give the same values in any grouping."""
+    step = max(1, GROUP_ELEMENTS // max(per_example, 1))
+    return [(a, min(a + step, stop)) for a in range(start, stop, step)]
+
+
 class ConvMaxPool(Step):
     """A fast conv layer and the tiling max pooling after it, as one operation.
 
@@ -143,21 +155,22 @@ class ConvMaxPool(Step):
         keep_z = act is not None and not act.backward_from_output
         pooled = np.empty_like(out) if keep_z else None
 
-        def pool(a, b):  # examples a..b
-            best = out[a:b]
-            np.copyto(best, blocked[0, a:b])
-            if training:
-                won = winner[a:b]
-                won.fill(0)
-            for k in range(1, blocked.shape[0]):
-                block = blocked[k, a:b]
+        def pool(start, stop):  # examples start..stop, a group at a time (small temporaries)
+            for a, b in example_groups(start, stop, out[0].size):
+                best = out[a:b]
+                np.copyto(best, blocked[0, a:b])
                 if training:
-                    record_winner(won, block > best, k)
-                np.maximum(best, block, out=best)
-            if keep_z:
-                np.copyto(pooled[a:b], best)
-            if act is not None:
-                best[...] = act.forward(best)
+                    won = winner[a:b]
+                    won.fill(0)
+                for k in range(1, blocked.shape[0]):
+                    block = blocked[k, a:b]
+                    if training:
+                        record_winner(won, block > best, k)
+                    np.maximum(best, block, out=best)
+                if keep_z:
+                    np.copyto(pooled[a:b], best)
+                if act is not None:
+                    best[...] = act.forward(best)
 
         parallel.run(pool, parallel.chunks(blocked.shape[1], blocked[:, 0].size))
         self._blocked_shape, self._winner, self._out, self._pooled = blocked.shape, winner, out, pooled
@@ -173,12 +186,13 @@ class ConvMaxPool(Step):
         p, n, hb, wb, f = self._blocked_shape
         dz = self.conv.workspace("z_blocked", (p, n * hb * wb, f), dy.dtype).reshape(self._blocked_shape)
 
-        def route(a, b):  # examples a..b
-            d = dy[a:b] if act is None else act.backward(
-                self._out[a:b], dy[a:b], None if self._pooled is None else self._pooled[a:b])  # dL/d(max z)
-            won = self._winner[a:b]
-            for k in range(self._blocked_shape[0]):
-                np.multiply(d, won == k, out=dz[k, a:b])
+        def route(start, stop):  # examples start..stop, a group at a time (small temporaries)
+            for a, b in example_groups(start, stop, dy[0].size):
+                d = dy[a:b] if act is None else act.backward(
+                    self._out[a:b], dy[a:b], None if self._pooled is None else self._pooled[a:b])  # dL/d(max z)
+                won = self._winner[a:b]
+                for k in range(self._blocked_shape[0]):
+                    np.multiply(d, won == k, out=dz[k, a:b])
 
         parallel.run(route, parallel.chunks(dy.shape[0], dz[:, 0].size))
         return self.conv.backward_rows(dz, self.blocks)
