@@ -23,14 +23,14 @@ import copy
 import os
 import re
 import secrets
-import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from cnncli import plugins, yamlfiles
 from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS, PILLOW_BOMB_LIMIT
-from cnncli.errors import ConfigError, ShapeError
+from cnncli.errors import CnnCliWarning, ConfigError, ShapeError
 from cnncli.nn import validate
 from cnncli.nn.validate import known_keys
 from cnncli.runs import CHECKPOINTS, sanitize_name
@@ -144,14 +144,19 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
                          check_memory=check_memory, base_dir=base_dir)
     except ConfigError as err:
         raise err.in_file(file) if file and not err.source else err
-    note = kept_rate_note(given_optimizer, overrides, values["optimizer"], file or "the config")
-    if note is not None and note not in _SAID:
-        _SAID.add(note)
-        sys.stderr.write(f"warning: {note}\n")
+    warn_kept_rate(given_optimizer, list(overrides), values["optimizer"], file or "the config")
     return Config(values, file, overrides)
 
 
-#: The warnings :func:`load_config` has printed in this process (each is said once).
+def warn_kept_rate(given: object, overrides: list[str], resolved: dict, where: str) -> None:
+    """Say :func:`kept_rate_note`, once per process, as a :class:`CnnCliWarning`."""
+    note = kept_rate_note(given, overrides, resolved, where)
+    if note is not None and note not in _SAID:
+        _SAID.add(note)
+        warnings.warn(note, CnnCliWarning, stacklevel=3)
+
+
+#: The warnings :func:`load_config` has given in this process (each is said once).
 _SAID: set[str] = set()
 
 

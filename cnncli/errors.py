@@ -25,5 +25,11 @@ class PluginError(ConfigError):
     """A plugin named by a config that is missing, does not import, or does not fit."""
 
 
+class CnnCliWarning(UserWarning):
+    """Something cnncli says once about a setting that works but may not do what was
+    meant (``warnings.warn`` with this category: the library never prints; the command
+    line prints it as one ``warning: ...`` line on stderr)."""
+
+
 __all__ = ["CnnCliError", "InputError", "ConfigError", "RegistrationError", "ShapeError", "DataError",
-           "CheckpointError", "RunFolderError", "PluginError"]
+           "CheckpointError", "RunFolderError", "PluginError", "CnnCliWarning"]

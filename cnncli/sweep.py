@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnncli import plugins, runs, yamlfiles
-from cnncli.config import apply_override, load_config
+from cnncli.config import apply_override, load_config, warn_kept_rate
 from cnncli.errors import ConfigError, InputError, RunFolderError
 from cnncli.nn.validate import did_you_mean, known_keys
 from cnncli.runs import sanitize_name
@@ -295,10 +295,13 @@ def trial_config(spec: SweepSpec, trial: dict[str, Any], index: int, folder: Pat
     if not isinstance(base_raw, dict):
         raise ConfigError("", "", None, raw=f"{spec.base}: expected a config mapping")
     raw = copy.deepcopy(base_raw)
+    overrides = spec.overrides + override_strings(trial)
     try:
-        for item in spec.overrides + override_strings(trial):
+        for item in overrides:
             apply_override(raw, item)
         config = load_config(raw, base_dir=base_dir)
+        # A trial that changes only optimizer.name keeps the base config's rate: said once.
+        warn_kept_rate(base_raw.get("optimizer"), overrides, config.values["optimizer"], str(spec.base))
     except ConfigError as err:
         desc = ", ".join(f"{k}={v}" for k, v in trial.items())
         raise ConfigError("", "", None, raw=f"{spec.base}: trial {index} ({desc}): {err}") from None

@@ -14,12 +14,14 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 import cnncli.config
 from cnncli.config import kept_rate_note, load_config
+from cnncli.errors import CnnCliWarning
 from tests.helpers import invoke
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,18 +69,38 @@ def said(monkeypatch):
     return fresh
 
 
-def test_name_alone_keeps_the_rate_and_says_so_once(said, capsys, monkeypatch):
+def test_name_alone_keeps_the_rate_and_says_so_once(said, monkeypatch):
     monkeypatch.chdir(REPO)
-    cfg = load_config("configs/quickstart.yaml", ["optimizer.name=sgd"], check_memory=False)
+    with pytest.warns(CnnCliWarning) as heard:
+        cfg = load_config("configs/quickstart.yaml", ["optimizer.name=sgd"], check_memory=False)
     assert cfg["optimizer"]["name"] == "sgd" and cfg["optimizer"]["lr"] == 0.002  # kept
-    first = capsys.readouterr().err
-    # Exactly the line the README quotes.
+    # Exactly the line the README quotes (the command line prints it after "warning: ").
     quoted = [l for l in README.splitlines() if l.startswith("warning: optimizer.name=sgd keeps")]
-    assert first.splitlines() == quoted and len(quoted) == 1
-    load_config("configs/quickstart.yaml", ["optimizer.name=sgd"], check_memory=False)
-    assert capsys.readouterr().err == ""  # once
-    load_config("configs/quickstart.yaml", ["optimizer.name=momentum"], check_memory=False)
-    assert "optimizer.name=momentum keeps optimizer.lr 0.002" in capsys.readouterr().err
+    assert [f"warning: {w.message}" for w in heard] == quoted and len(quoted) == 1
+    assert heard[0].filename == __file__  # pointed at the caller, as Python warnings are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config("configs/quickstart.yaml", ["optimizer.name=sgd"], check_memory=False)  # once
+    with pytest.warns(CnnCliWarning, match="optimizer.name=momentum keeps optimizer.lr 0.002"):
+        load_config("configs/quickstart.yaml", ["optimizer.name=momentum"], check_memory=False)
+
+
+def test_the_library_never_prints_the_note(said, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        load_config("configs/quickstart.yaml", ["optimizer.name=rmsprop"], check_memory=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_sweep_that_varies_only_the_name_says_so_once_per_optimizer(said, tmp_path):
+    from cnncli.sweep import make_spec, trial_configs
+
+    spec = make_spec(str(REPO / "configs" / "quickstart.yaml"), grid_options=["optimizer.name=sgd,momentum,adam"])
+    with pytest.warns(CnnCliWarning) as heard:
+        trial_configs(spec)
+        trial_configs(spec)
+    assert sorted(str(w.message).split(" ")[0] for w in heard) == ["optimizer.name=momentum", "optimizer.name=sgd"]
 
 
 @pytest.mark.parametrize("overrides", [
@@ -88,17 +110,20 @@ def test_name_alone_keeps_the_rate_and_says_so_once(said, capsys, monkeypatch):
     ["optimizer.name=adam"],                      # the optimizer the rate was given for
     ["train.epochs=2"],
 ])
-def test_nothing_to_say(overrides, said, capsys):
-    load_config(str(REPO / "configs" / "quickstart.yaml"), overrides, check_memory=False)
-    assert capsys.readouterr().err == ""
+def test_nothing_to_say(overrides, said):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(str(REPO / "configs" / "quickstart.yaml"), overrides, check_memory=False)
 
 
-def test_no_rate_in_the_config_takes_the_new_optimizers_default(said, capsys):
+def test_no_rate_in_the_config_takes_the_new_optimizers_default(said):
     raw = {"model": {"input_shape": [8, 8, 1], "layers": [{"type": "flatten"},
                                                            {"type": "dense", "units": 2, "activation": "softmax"}]},
            "optimizer": {"name": "adam"}}
-    cfg = load_config(raw, ["optimizer.name=sgd"], check_memory=False)
-    assert cfg["optimizer"]["lr"] == 0.01 and capsys.readouterr().err == ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = load_config(raw, ["optimizer.name=sgd"], check_memory=False)
+    assert cfg["optimizer"]["lr"] == 0.01
 
 
 def test_kept_rate_note_names_both_optimizers_and_the_default():

@@ -9,6 +9,7 @@ because a bug should look like a bug.
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 
 import typer
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cnncli.errors import CnnCliError
+from cnncli.errors import CnnCliError, CnnCliWarning
 
 console = Console()
 err_console = Console(stderr=True)
@@ -27,13 +28,25 @@ if not err_console.is_terminal:
     err_console = Console(stderr=True, width=160)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _python=warnings.showwarning):
+    """cnncli's own warnings (CnnCliWarning) as one ``warning: ...`` line on stderr; others as Python shows them."""
+    if issubclass(category, CnnCliWarning):
+        say(f"warning: {message}", error=True)
+    else:
+        _python(message, category, filename, lineno, file, line)
+
+
 def user_errors(fn):
-    """Turn CnnCliError into one line on stderr and its exit code (2)."""
+    """Turn CnnCliError into one line on stderr and its exit code (2); print the library's
+    CnnCliWarnings as ``warning: ...`` lines while the command runs."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", CnnCliWarning)  # the library says each once itself
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except CnnCliError as err:
             # The message is text, not markup: "[int, int]" must print as it is.
             err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, markup=True,
