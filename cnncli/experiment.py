@@ -33,7 +33,7 @@ from cnncli.resources import check_disk
 from cnncli.summary import summarize, to_markdown
 from cnncli.training import (Callback, DynamicsSchedule, EpochMetrics, FitResult, TrainState, TrialPruned, evaluate,
                              fit)
-from cnncli.visualize import curves_png
+from cnncli.visualize import curves_png, optimizer_label
 
 SHUFFLE_STREAM = 3
 AUGMENT_STREAM = 4
@@ -417,7 +417,7 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
             run.evaluation.update(checkpoint=which, epoch=evaluated_epoch,
                                   data="test" if data.test is not None else "validation")
             runs.write_json(run_dir / "eval.json", run.evaluation)
-        write_curves(run_dir, result.history)
+        write_curves(run_dir, result.history, values["optimizer"], result.best_epoch, result.monitor)
         best = result.best
         last_epoch = result.history[-1].epoch if result.history else 0
         runs.write_status(run_dir, "completed", epochs_completed=last_epoch, step=optimizer.t,
@@ -490,10 +490,13 @@ def evaluation_pictures(out_dir: Path, report: dict, split: Split, outputs: np.n
     return written
 
 
-def write_curves(run_dir: Path, history: list[EpochMetrics]) -> None:
-    """curves.png: loss and accuracy against epoch, training and validation."""
+def write_curves(run_dir: Path, history: list[EpochMetrics], optimizer: dict | None = None,
+                 best_epoch: int | None = None, monitor: str | None = None) -> None:
+    """curves.png: loss and accuracy against epoch, training and validation, the run and
+    its optimizer in the title and the best epoch (by ``monitor``) marked."""
     if history:
-        curves_png([m.as_dict() for m in history], run_dir / "curves.png")
+        curves_png([m.as_dict() for m in history], run_dir / "curves.png", run_name=run_dir.name,
+                   optimizer=optimizer_label(optimizer) if optimizer else None, best_epoch=best_epoch, monitor=monitor)
 
 
 # ------------------------------------------------------------------------ using a run
@@ -747,7 +750,7 @@ def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkp
     from cnncli.data.augment import Augmenter
     from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS, animated_note, load_image
     from cnncli.errors import InputError
-    from cnncli.visualize import KERNEL_VIEWS, Example, augmented_png, feature_maps_png, kernels_png, optimizer_label
+    from cnncli.visualize import KERNEL_VIEWS, Example, augmented_png, feature_maps_png, kernels_png
 
     if kernels not in KERNEL_VIEWS:
         raise InputError(f"kernels: expected {' or '.join(KERNEL_VIEWS)}; got {kernels!r}")

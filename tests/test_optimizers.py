@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules of ``cnncli.nn.optimizers``.
 
 Each optimizer is compared over many steps with a re-implementation, written here from
-the module docstring and ERRATA.md 6-10 (not from the code), then with ``torch.optim``
+the module docstring and ERRATA 6-10 of docs/MATH.md §7 (not from the code), then with ``torch.optim``
 where PyTorch is installed. Hyperparameters are mostly not the defaults, and some cases
 use a large epsilon, so that a misplaced epsilon, a wrong bias correction or a step
 counter off by one changes the numbers far beyond the tolerance.

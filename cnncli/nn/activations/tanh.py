@@ -2,7 +2,7 @@ r"""``tanh``, the paper's Eqs. 12-13.
 
 .. math::  a = \frac{e^z - e^{-z}}{e^z + e^{-z}}, \qquad g'(z) = 1 - a^2
 
-Range (-1, 1) (ERRATA 16: the paper's Table 2 says (0, 1)).
+Range (-1, 1), open (ERRATA 16: the paper's Table 2 says [-1, 1]).
 """
 
 from __future__ import annotations
