@@ -10,8 +10,9 @@ im2col, products and scatter, dense products, max pooling with the activation af
 in a fused step, and optimizer updates; an activation applied by its own layer, or
 average pooling, runs on the calling thread.) Once a network call splits
 an operation, BLAS is kept to one thread until the call ends (``engine()``), so that
-BLAS's threads and the engine's never compete for the same cores; a call in which
-nothing is large enough to split leaves BLAS's own threading alone.
+BLAS's threads and the engine's never compete for the same cores; so is a call in which
+nothing is large enough to split (see ``engine()``: BLAS's threads cost more than they
+give on such small products, and wait on each other when another program is busy).
 
 When the engine uses every CPU the process may run on, each thread is pinned to its own
 CPU while a network call that splits work runs. Unpinned, Linux tends to wake the pool's
@@ -146,15 +147,16 @@ def set_threads(count: int | None) -> None:
 
 @contextlib.contextmanager
 def engine() -> Iterator[None]:
-    """A scope (re-entrant) in which split operations keep BLAS single-threaded.
+    """A scope (re-entrant) in which BLAS is single-threaded.
 
-    BLAS is set to one thread by the first operation of the scope that is split over the
-    engine's threads, and given its own thread count back when the last thread leaves
-    its scope. A network call in which nothing is large enough to split (a small
-    network) therefore leaves BLAS's own threading alone. The first split operation also
-    pins the calling thread to the first CPU when the pool's threads are pinned (see the
-    module docstring), unless another thread is inside a scope too; its affinity comes
-    back when it leaves.
+    BLAS is set to one thread when the first thread enters a scope and given its own
+    thread count back when the last one leaves: operations large enough are split over
+    the engine's threads, and the rest are too small for BLAS's threads to pay (the quick
+    start's step took 6.4 ms with BLAS's 2 threads and 2.4 ms with one; with another
+    program busy on one of 2 cores, 164 ms against 2.5, because BLAS's threads wait for
+    each other on the busy core). The first split operation also pins the calling thread
+    to the first CPU when the pool's threads are pinned (see the module docstring),
+    unless another thread is inside a scope too; its affinity comes back when it leaves.
     """
     global _active, _saved_blas
     if threads() == 1 or getattr(_local, "worker", False):
@@ -164,6 +166,7 @@ def engine() -> Iterator[None]:
     if depth == 0:
         with _lock:
             _active += 1
+            _hold_blas()
     _local.depth = depth + 1
     try:
         yield
@@ -182,14 +185,19 @@ def engine() -> Iterator[None]:
                     _saved_blas = None
 
 
+def _hold_blas() -> None:
+    """With ``_lock`` held: BLAS to one thread until the last engine() scope ends."""
+    global _saved_blas
+    if _saved_blas is None:
+        _saved_blas = [lib.num_threads for lib in _blas_controllers()]
+        for lib in _blas:
+            lib.set_num_threads(1)
+
+
 def _before_split() -> None:
     """Inside engine(): hold BLAS at one thread, and pin the caller where that applies."""
-    global _saved_blas
     with _lock:
-        if _saved_blas is None:
-            _saved_blas = [lib.num_threads for lib in _blas_controllers()]
-            for lib in _blas:
-                lib.set_num_threads(1)
+        _hold_blas()
         alone = _active == 1
     cpus = _pinned_cpus()
     # Only a thread alone in the engine is pinned: two callers at once (threads of a Dask

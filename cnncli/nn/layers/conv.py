@@ -324,9 +324,20 @@ class Conv2D(ActivatedLayer):
         cols3 = cols.reshape(ph * pw, count * per_example, cols.shape[1])  # (P, rows of the tile, width)
 
         def im2col_and_product(a, b):  # the tile's output rows a..b (each W'/pw pixels wide), all offsets
-            for example in range(a // hb, -(-b // hb)):  # the window view is strided by example
-                top, bottom = max(a - example * hb, 0), min(b - example * hb, hb)
-                np.copyto(dest[:, :, example, top:bottom], windows8[:, :, first + example, top:bottom])
+            # The window view is strided by example: whole examples in one copy, and the
+            # rows of an example the chunk starts or ends inside of in one copy each.
+            whole_from, whole_to = -(-a // hb), b // hb
+            if whole_from > whole_to:  # inside one example
+                e = a // hb
+                np.copyto(dest[:, :, e, a - e * hb:b - e * hb], windows8[:, :, first + e, a - e * hb:b - e * hb])
+            else:
+                if a < whole_from * hb:
+                    e = a // hb
+                    np.copyto(dest[:, :, e, a - e * hb:], windows8[:, :, first + e, a - e * hb:])
+                if whole_to > whole_from:
+                    np.copyto(dest[:, :, whole_from:whole_to], windows8[:, :, first + whole_from:first + whole_to])
+                if b > whole_to * hb:
+                    np.copyto(dest[:, :, whole_to, :b - whole_to * hb], windows8[:, :, first + whole_to, :b - whole_to * hb])
             rows = slice(a * wb, b * wb)  # row (example, i, j) of each offset's block is (example*hb + i)*wb + j
             if self.use_bias:
                 cols3[:, rows, k] = 1
