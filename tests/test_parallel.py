@@ -100,11 +100,11 @@ def _split():
 
 
 @pytest.mark.skipif(not parallel._blas_controllers(), reason="threadpoolctl finds no BLAS library here")
-def test_a_split_operation_holds_blas_at_one_thread_until_the_call_ends():
+def test_a_network_call_holds_blas_at_one_thread_until_the_call_ends():
     before = _blas_threads()
     with engine_threads(2):
         with parallel.engine():
-            assert _blas_threads() == before  # nothing split yet: BLAS keeps its threads
+            assert _blas_threads() == [1] * len(before)  # from the start, split or not
             _split()
             assert _blas_threads() == [1] * len(before)
             with parallel.engine():  # re-entrant
@@ -125,7 +125,11 @@ def test_a_split_operation_holds_blas_at_one_thread_until_the_call_ends():
 
 
 @pytest.mark.skipif(not parallel._blas_controllers(), reason="threadpoolctl finds no BLAS library here")
-def test_a_small_network_leaves_blas_threading_alone():
+def test_a_small_network_runs_blas_on_one_thread_too():
+    """Nothing of this network is large enough to split; its products still run with BLAS
+    at one thread (BLAS's own threads cost more than they give on such products, and wait
+    for each other when another program keeps a core busy), and BLAS gets its threads back
+    after the call."""
     seen = []
     net = Network([{"type": "conv2d", "filters": 2, "kernel_size": 3}, {"type": "flatten"},
                    {"type": "dense", "units": 2}]).build((6, 6, 1), seed=0)
@@ -136,9 +140,16 @@ def test_a_small_network_leaves_blas_threading_alone():
         return original(x, training)
 
     net.layers[2].forward_linear = spy
+    before = _blas_threads()
+    if all(count == 1 for count in before):
+        pytest.skip("BLAS runs one thread here already: nothing to hold")
     with engine_threads(2):
         net.forward(np.zeros((4, 6, 6, 1), dtype=np.float32))
-    assert seen == [_blas_threads()]
+    assert seen == [[1] * len(before)]
+    assert _blas_threads() == before
+    with engine_threads(1):  # one engine thread: BLAS keeps its own threads (CNNCLI_THREADS=1)
+        net.forward(np.zeros((4, 6, 6, 1), dtype=np.float32))
+    assert seen[-1] == before
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
