@@ -149,12 +149,18 @@ class Example:
     predicted_class: str | None = None
     probability: float | None = None   # of the predicted class
 
-    def describe(self, separator: str = "\n") -> str:
+    @property
+    def label(self) -> str:
+        """The source as a picture names it: a file by its name (a long path would run off
+        the panel; the terminal line gives it whole)."""
+        return Path(self.source).name if "/" in self.source or "\\" in self.source else self.source
+
+    def describe(self, separator: str = "\n", *, short: bool = False) -> str:
         """Where it comes from, its true class and the network's guess, ``separator`` between."""
         truth = f"true: {self.true_class}" if self.true_class is not None else "true class unknown"
         guess = None if self.predicted_class is None else f"predicted: {self.predicted_class}" + (
             "" if self.probability is None else f" ({self.probability:.2f})")
-        return separator.join(part for part in (self.source, truth, guess) if part)
+        return separator.join(part for part in (self.label if short else self.source, truth, guess) if part)
 
 
 def feature_maps_figures(network, image: np.ndarray, example: Example | None = None) -> list[tuple[int, object]]:
@@ -181,7 +187,7 @@ def feature_maps_figures(network, image: np.ndarray, example: Example | None = N
         grid = fig.add_gridspec(max(rows, 2), cols + 2, width_ratios=[2.2] + [0.2] + [1] * cols)
         ax_in = fig.add_subplot(grid[:2, 0])
         ax_in.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        ax_in.set_title(example.describe(), fontsize=7)
+        ax_in.set_title(example.describe(short=True), fontsize=7)
         ax_in.set_xticks([])
         ax_in.set_yticks([])
         lo, hi = float(maps.min()), float(maps.max())
@@ -193,7 +199,7 @@ def feature_maps_figures(network, image: np.ndarray, example: Example | None = N
             ax.axis("off")
         activation = getattr(getattr(layer, "activation", None), "name", None)
         fig.suptitle(f"layers[{i}] {layer.type_name}{f' ({activation})' if activation else ''}: all {f} feature "
-                     f"maps, {maps.shape[0]}x{maps.shape[1]}, of {example.source}; one colour scale", fontsize=9)
+                     f"maps, {maps.shape[0]}x{maps.shape[1]}, of {example.label}; one colour scale", fontsize=9)
         fig.tight_layout(rect=(0, 0, 0.9, 1))
         _colour_bar(fig, shown, "activation a", right=0.9)
         figures.append((i, fig))
