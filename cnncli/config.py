@@ -94,6 +94,10 @@ class Config:
     values: dict
     source: str | None = None
     overrides: list[str] = field(default_factory=list)
+    #: The document as given (before overrides and defaults): what a re-validation with
+    #: more overrides starts from, so that ``optimizer.name=sgd`` on a resolved Adam config
+    #: does not carry Adam's resolved ``beta1`` along. None: start from ``values``.
+    raw: dict | None = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -121,12 +125,14 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
     overrides = list(overrides)
     file: str | None = None
     if isinstance(source, Config):
-        file, raw, overrides = source.source, copy.deepcopy(source.values), source.overrides + overrides
+        file, overrides = source.source, source.overrides + overrides
+        raw = copy.deepcopy(source.raw if source.raw is not None else source.values)
     elif isinstance(source, dict):
         raw = copy.deepcopy(source)
     else:
         file = str(source)
         raw = yamlfiles.read(source)
+    document = copy.deepcopy(raw)
     if base_dir is None:
         base_dir = Path(file).parent if file else Path.cwd()
     if file:
@@ -145,7 +151,7 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
     except ConfigError as err:
         raise err.in_file(file) if file and not err.source else err
     warn_kept_rate(given_optimizer, list(overrides), values["optimizer"], file or "the config")
-    return Config(values, file, overrides)
+    return Config(values, file, overrides, raw=document)
 
 
 def warn_kept_rate(given: object, overrides: list[str], resolved: dict, where: str) -> None:

@@ -518,3 +518,15 @@ def test_shipped_configs_validate():
         cfg = cnncli.load_config(path, check_paths=False)
         assert cfg.source == str(path)
         json.dumps(cfg.values)  # plain data
+
+
+def test_a_loaded_config_takes_more_overrides_from_the_document_not_its_resolved_values():
+    """load_config(cfg, more) re-resolves cfg's document with all the overrides: switching
+    the optimizer does not carry the old one's resolved keys (Adam's beta1 was refused
+    for sgd), and the earlier overrides stay."""
+    cfg = cnncli.load_config(str(REPO / "configs" / "quickstart.yaml"), ["train.epochs=2"], check_memory=False)
+    again = cnncli.load_config(cfg, ["optimizer.name=sgd", "optimizer.lr=0.1"], check_memory=False)
+    assert again["optimizer"] == {**again["optimizer"], "name": "sgd", "lr": 0.1}
+    assert "beta1" not in again["optimizer"] and again["train"]["epochs"] == 2
+    assert again.overrides == ["train.epochs=2", "optimizer.name=sgd", "optimizer.lr=0.1"]
+    assert cnncli.load_config(again)["optimizer"] == again["optimizer"]  # stable when given nothing more
