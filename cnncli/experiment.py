@@ -647,6 +647,7 @@ class Predictions:
     rows: list[dict]
     class_names: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    animated: list[str] = field(default_factory=list)  # files read as their first frame
 
     def __iter__(self):  # the rows, as a list of predictions reads
         return iter(self.rows)
@@ -679,7 +680,7 @@ def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str | 
         arrays, read = [], []
         for path in files[start:start + batch]:
             try:
-                arrays.append(load_image(path, *shape, max_pixels=max_pixels))
+                arrays.append(load_image(path, *shape, max_pixels=max_pixels, animated=result.animated))
                 read.append(path)
             except BadImageError as err:
                 if strict:

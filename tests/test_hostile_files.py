@@ -286,7 +286,18 @@ def test_an_animated_gif_is_read_as_its_first_frame_and_said_once(tmp_path, imag
     class_folders(tmp_path / "imgs")
     (tmp_path / "imgs" / "light" / "moving.gif").write_bytes(gif.read_bytes())
     data = load_image_folder(tmp_path / "imgs", (4, 4, 3))
-    assert data.animated == [str(tmp_path / "imgs" / "light" / "moving.gif")]
+    moving = str(tmp_path / "imgs" / "light" / "moving.gif")
+    assert data.animated == [moving]
+    # Said once by train and by predict too.
+    cfg = config_file(tmp_path / "c.yaml", {"source": "image_folder", "path": str(tmp_path / "imgs"), "cache": False})
+    res = invoke("train", cfg, "--runs-dir", tmp_path / "runs", "-q")
+    assert_ok(res)
+    assert [l for l in res.stderr.splitlines() if "animated" in l] == \
+        [f"warning: 1 animated image read as its first frame only: {moving}"]
+    res = invoke("predict", image_run, gif, tmp_path / "imgs" / "light")
+    assert_ok(res)
+    assert [l for l in res.stderr.splitlines() if "animated" in l] == \
+        [f"warning: 2 animated images read as their first frame only: {gif}, {moving}"]
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -102,6 +102,10 @@ def predict(
     found = run_predict(run_dir, [str(p) for p in images], checkpoint=checkpoint, strict=strict)
     for path, why in found.skipped:
         say(f"skipped {path}: not a readable image ({why})", error=True)
+    if found.animated:
+        from cnncli.data.images import animated_note
+
+        say(f"warning: {animated_note(found.animated)}", error=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, predictions_csv(found))

@@ -71,6 +71,17 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def print_data_warnings(run_dir, cfg, network, data) -> None:
+    """What the data reading left out or read only in part (printed with --quiet too)."""
+    info = data.info
+    for f in info.get("skipped", [])[:10]:
+        say(f"warning: skipped unreadable image {f}", error=True)
+    if info.get("animated"):
+        from cnncli.data.images import animated_note
+
+        say(f"warning: {animated_note(info['animated'])}", error=True)
+
+
 def print_ready(run_dir, cfg, network, data) -> None:
     """What a run is about to do: the parameter table, the data, the settings."""
     from cnncli.summary import summarize
@@ -81,8 +92,7 @@ def print_ready(run_dir, cfg, network, data) -> None:
     cached = " (from cache)" if info.get("cached") else ""
     say(f"data: {cfg['data']['source']}{cached}, classes {', '.join(data.class_names)}; train {info['train']}, "
         f"validation {info['validation']}, test {info['test']}{extra}")
-    for f in info.get("skipped", [])[:10]:
-        say(f"warning: skipped unreadable image {f}", error=True)
+    print_data_warnings(run_dir, cfg, network, data)
     if cfg["plugins"]:
         say("plugins: " + ", ".join(p.get("origin", p["file"]) for p in cfg["plugins"]))
     opt = cfg["optimizer"]
@@ -175,7 +185,7 @@ def train(
     if track is not None and resume is not None:
         raise CnnCliError("train --resume logs where the run's config.yaml says (its tracking section): --track "
                           "applies to a new run")
-    shown = {"on_ready": None if quiet else print_ready, "callbacks": () if quiet else (ProgressDisplay(),),
+    shown = {"on_ready": print_data_warnings if quiet else print_ready, "callbacks": () if quiet else (ProgressDisplay(),),
              "on_fetch": announce_fetch, "on_warning": warn}
     try:
         if resume is not None:
