@@ -165,3 +165,14 @@ def test_evaluation_reuses_the_training_workspace():
     net.loss_and_gradients(x[:7], np.zeros(7, dtype=int), make_loss("categorical_crossentropy"))
     net.forward(x)
     assert [id(layer._workspace["cols"]) for layer in conv_layers(net)] == buffers
+
+
+def test_a_bad_budget_in_the_environment_is_one_line_before_any_work(tmp_path, monkeypatch):
+    from tests.helpers import TINY, assert_user_error, invoke
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    monkeypatch.setenv("CNNCLI_CONV_MEMORY_MB", "-3")
+    assert_user_error(invoke("train", config, "--runs-dir", tmp_path / "runs"), "CNNCLI_CONV_MEMORY_MB", "-3")
+    assert not (tmp_path / "runs").exists()

@@ -47,8 +47,10 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
                                       help="Print the version and exit.")) -> None:
     """Train, evaluate and inspect convolutional networks declared in YAML."""
     from cnncli.nn import parallel
+    from cnncli.nn.layers import conv
 
     user_errors(parallel.threads_from_environment)()  # a bad CNNCLI_THREADS: one line, before any work
+    user_errors(conv.memory_budget)()  # and a bad CNNCLI_CONV_MEMORY_MB
 
 
 for _module in (train, lr_find, evaluate, export, inspect, pictures, sweep, runs, data):
