@@ -168,8 +168,9 @@ def test_evaluation_reuses_the_training_workspace():
 
 
 def test_a_bad_budget_in_the_environment_is_one_line_before_any_work(tmp_path, monkeypatch):
-    from tests.helpers import TINY, assert_user_error, invoke
     import yaml
+
+    from tests.helpers import TINY, assert_user_error, invoke
 
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
