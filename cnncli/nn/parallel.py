@@ -166,7 +166,10 @@ def engine() -> Iterator[None]:
     if depth == 0:
         with _lock:
             _active += 1
-            _hold_blas()
+            if _saved_blas is None:  # the first thread in: BLAS to one thread until the last one leaves
+                _saved_blas = [lib.num_threads for lib in _blas_controllers()]
+                for lib in _blas:
+                    lib.set_num_threads(1)
     _local.depth = depth + 1
     try:
         yield
@@ -185,19 +188,9 @@ def engine() -> Iterator[None]:
                     _saved_blas = None
 
 
-def _hold_blas() -> None:
-    """With ``_lock`` held: BLAS to one thread until the last engine() scope ends."""
-    global _saved_blas
-    if _saved_blas is None:
-        _saved_blas = [lib.num_threads for lib in _blas_controllers()]
-        for lib in _blas:
-            lib.set_num_threads(1)
-
-
-def _before_split() -> None:
-    """Inside engine(): hold BLAS at one thread, and pin the caller where that applies."""
+def _pin_caller() -> None:
+    """Inside engine(), before a split: pin the calling thread where that applies."""
     with _lock:
-        _hold_blas()
         alone = _active == 1
     cpus = _pinned_cpus()
     # Only a thread alone in the engine is pinned: two callers at once (threads of a Dask
@@ -248,7 +241,7 @@ def run(fn: Callable[[int, int], object], ranges: list[tuple[int, int]]) -> list
         return [fn(a, b) for a, b in ranges]
     global _executor
     with engine():
-        _before_split()
+        _pin_caller()
         if _executor is None:
             with _lock:
                 if _executor is None:

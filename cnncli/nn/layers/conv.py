@@ -190,10 +190,10 @@ class Conv2D(ActivatedLayer):
         return total
 
     def values_per_example(self):
-        """Per example: the input-gradient scratch (one kernel offset's share of every
-        window, H'*W'*C), the output twice (z and g(z)), the padded input, and z once
-        more if the activation needs it for backward. The im2col matrix is not per
-        example: see :meth:`workspace_bytes`."""
+        """Per example: the output twice (z and g(z)), the padded input (its gradient),
+        z once more if the activation needs it for backward, and H'*W'*C for the
+        input-gradient scratch (a bound: it is allocated for a few examples a thread). The
+        im2col matrix is not per example: see :meth:`workspace_bytes`."""
         ho, wo = self.out_hw
         pt, pb, pl, pr = self.pads
         h, w, c = self.input_shape
@@ -324,20 +324,18 @@ class Conv2D(ActivatedLayer):
         cols3 = cols.reshape(ph * pw, count * per_example, cols.shape[1])  # (P, rows of the tile, width)
 
         def im2col_and_product(a, b):  # the tile's output rows a..b (each W'/pw pixels wide), all offsets
-            # The window view is strided by example: whole examples in one copy, and the
-            # rows of an example the chunk starts or ends inside of in one copy each.
-            whole_from, whole_to = -(-a // hb), b // hb
-            if whole_from > whole_to:  # inside one example
-                e = a // hb
-                np.copyto(dest[:, :, e, a - e * hb:b - e * hb], windows8[:, :, first + e, a - e * hb:b - e * hb])
-            else:
-                if a < whole_from * hb:
-                    e = a // hb
-                    np.copyto(dest[:, :, e, a - e * hb:], windows8[:, :, first + e, a - e * hb:])
-                if whole_to > whole_from:
-                    np.copyto(dest[:, :, whole_from:whole_to], windows8[:, :, first + whole_from:first + whole_to])
-                if b > whole_to * hb:
-                    np.copyto(dest[:, :, whole_to, :b - whole_to * hb], windows8[:, :, first + whole_to, :b - whole_to * hb])
+            # The window view is strided by example: the rows of an example the chunk starts
+            # inside of, then whole examples in one copy, then the rows it ends inside of.
+            e, top = divmod(a, hb)
+            if top:
+                stop = min(hb, b - e * hb)
+                np.copyto(dest[:, :, e, top:stop], windows8[:, :, first + e, top:stop])
+                e += 1
+            last, bottom = divmod(b, hb)
+            if last > e:
+                np.copyto(dest[:, :, e:last], windows8[:, :, first + e:first + last])
+            if bottom and last >= e:
+                np.copyto(dest[:, :, last, :bottom], windows8[:, :, first + last, :bottom])
             rows = slice(a * wb, b * wb)  # row (example, i, j) of each offset's block is (example*hb + i)*wb + j
             if self.use_bias:
                 cols3[:, rows, k] = 1
@@ -390,8 +388,9 @@ class Conv2D(ActivatedLayer):
             z = self.workspace("z_blocked", (ph * pw, n * per_example, f), x.dtype)
         itemsize = x.dtype.itemsize
         tile = self.tile_examples(itemsize)
-        kept = self.im2col_bytes(n, itemsize, keep) == n * ho * wo * padded * itemsize
-        buffer = self.growing_workspace("cols", self.im2col_bytes(n, itemsize, keep) // itemsize, x.dtype)
+        held = self.im2col_bytes(n, itemsize, keep)
+        kept = held == n * ho * wo * padded * itemsize  # every tile stays for the backward pass
+        buffer = self.growing_workspace("cols", held // itemsize, x.dtype)
         for first in range(0, n, tile):
             count = min(tile, n - first)
             self._im2col(win, first, self._tile_cols(buffer, first if kept else 0, count), (w_aug, z))
