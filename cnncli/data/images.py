@@ -62,8 +62,6 @@ _OTHER_FORMATS = (
     (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip data"), (b"<svg", "an SVG drawing"),
     (b"<?xml", "XML (an SVG drawing?)"), (b"\x00\x00\x01\x00", "a Windows icon"),
 )
-# The EXIF tag that says how a photo must be turned to be seen upright (1: as stored).
-_ORIENTATION_TAG = 0x0112
 
 
 class BadImageError(DataError):
@@ -124,9 +122,9 @@ def load_image(path: str | Path, height: int, width: int, channels: int, *,
 
 def _decode(img, height: int, width: int, channels: int) -> np.ndarray:
     """The opened image (frame 0), upright, converted and resized: uint8 (H, W, C)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    orientation = img.getexif().get(_ORIENTATION_TAG, 1)  # read before converting: convert drops the info
+    ImageOps.exif_transpose(img, in_place=True)  # upright first, as EXIF says (before convert drops the EXIF)
     if img.mode in ("I", "I;16", "I;16B", "I;16L"):
         # 16-bit greyscale: Pillow's convert clips to 255; scale to 8 bits instead.
         # (v + 128) // 257 is round(v / 257) for every integer v (no v / 257 ends in exactly .5).
@@ -135,11 +133,6 @@ def _decode(img, height: int, width: int, channels: int) -> np.ndarray:
     elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # the same colours as P -> RGB, without Pillow's warning about it
     img = img.convert("RGB" if channels == 3 else "L")
-    transpose = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
-                 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}.get(orientation)
-    if transpose is not None:
-        img = img.transpose(transpose)
     if img.size != (width, height):
         img = img.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8).reshape(height, width, channels)
