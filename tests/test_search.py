@@ -3,19 +3,19 @@ trials, resume after a kill, and the sweep file's bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import assert_ok, assert_user_error, invoke
+from tests.helpers import assert_ok, assert_user_error, invoke, only_sweep, sweep_so_far, wait_for
 
 optuna = pytest.importorskip("optuna")
 
@@ -30,11 +30,6 @@ def sweep_file(tmp_path: Path, **extra) -> Path:
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def only_sweep(runs_dir: Path) -> Path:
-    (folder,) = (runs_dir / "sweeps").iterdir()
-    return folder
 
 
 def study_states(folder: Path) -> dict[int, str]:
@@ -122,20 +117,16 @@ def test_a_killed_search_resumes_from_its_study_in_two_worker_processes(tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "cnncli.cli", "sweep", str(path), "--jobs", "2", "--runs-dir",
                              str(runs_dir)], cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    trials = None
-    while time.monotonic() < deadline:  # poll the sweep's own record until a trial has finished
-        found = list((runs_dir / "sweeps").glob("*/trials.json")) if (runs_dir / "sweeps").is_dir() else []
-        if found:
-            try:
-                trials = json.loads(found[0].read_text())
-            except ValueError:
-                trials = None
-            if trials and any(r["status"] in ("completed", "pruned") for r in trials.values()):
-                break
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    def a_trial_finished():  # the sweep's own record says so
+        so_far = sweep_so_far(runs_dir)
+        return so_far is not None and any(r["status"] in ("completed", "pruned") for r in so_far[1].values())
+
+    try:
+        wait_for(a_trial_finished, 120, "a finished trial", proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already, when wait_for saw the sweep exit
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     folder = only_sweep(runs_dir)
     before = json.loads((folder / "trials.json").read_text())
     finished = {k: v for k, v in before.items() if v["status"] in ("completed", "pruned")}

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from cnncli import runs as runs_mod
 from cnncli import sweep as sweeps
 from cnncli.cli import app
 from cnncli.errors import ConfigError
+from tests.helpers import only_sweep, read_trials, sweep_so_far, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -54,16 +54,6 @@ def read_results(folder: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def read_trials(folder: Path) -> dict:
-    return json.loads((folder / "trials.json").read_text())
-
-
-def only_sweep(runs_dir: Path) -> Path:
-    found = [p for p in (runs_dir / "sweeps").iterdir() if p.is_dir()]
-    assert len(found) == 1, found
-    return found[0]
-
-
 def assert_complete_run(folder: Path, epochs: int) -> None:
     for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "status.json", "env.json", "data.json",
                  "checkpoints/best.npz", "checkpoints/last.npz"):
@@ -84,23 +74,6 @@ def best_target(folder: Path) -> Path:
 def write_sweep_file(path: Path, body: dict) -> Path:
     path.write_text(yaml.safe_dump({"base": str(QUICKSTART), **body}, sort_keys=False))
     return path
-
-
-def wait_for(predicate, deadline_s: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    """Poll ``predicate()`` until it returns something truthy, or fail after ``deadline_s``."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            value = predicate()
-            if value:
-                return value
-            pytest.fail(f"the sweep exited ({proc.returncode}) before {what}:\n"
-                        + (log.read_text()[-3000:] if log else ""))
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {deadline_s}s waiting for {what}:\n" + (log.read_text()[-3000:] if log else ""))
 
 
 # ------------------------------------------------------------------------ 1. expansion
@@ -388,16 +361,14 @@ def test_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
         def mid_sweep():
-            sweeps_dir = runs_dir / "sweeps"
-            folders = list(sweeps_dir.iterdir()) if sweeps_dir.is_dir() else []
-            if len(folders) != 1 or not (folders[0] / "trials.json").is_file():
+            if (so_far := sweep_so_far(runs_dir)) is None:
                 return None
-            trials = read_trials(folders[0])
+            folder, trials = so_far
             done = [k for k, t in trials.items() if t["status"] == "completed"]
             running = [k for k, t in trials.items() if t["status"] == "running"]
             # a running trial that has finished at least one epoch: killed mid-training
-            if done and running and (folders[0] / f"trial-{int(running[0]):03d}" / "metrics.jsonl").is_file():
-                return folders[0]
+            if done and running and (folder / f"trial-{int(running[0]):03d}" / "metrics.jsonl").is_file():
+                return folder
             return None
 
         folder = wait_for(mid_sweep, 90, "one trial completed and another mid-training", proc, log)

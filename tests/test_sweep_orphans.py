@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from cnncli import sweep as sweeps
 from cnncli.cli import app
-from tests.helpers import assert_user_error
+from tests.helpers import assert_user_error, only_sweep, read_trials, sweep_so_far, wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table in /proc")
 
@@ -87,32 +87,6 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def wait_for(predicate, deadline_s: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    """Poll ``predicate()`` until it returns something truthy, or fail after ``deadline_s``."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the sweep exited ({proc.returncode}) before {what}:\n"
-                        + (log.read_text()[-3000:] if log else ""))
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {deadline_s}s waiting for {what}:\n" + (log.read_text()[-3000:] if log else ""))
-
-
-def read_trials(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "trials.json").read_text())
-    except (FileNotFoundError, ValueError):  # not written yet
-        return {}
-
-
-def only_sweep(runs_dir: Path) -> Path | None:
-    found = [p for p in (runs_dir / "sweeps").iterdir() if p.is_dir()] if (runs_dir / "sweeps").is_dir() else []
-    return found[0] if len(found) == 1 else None
-
-
 def metrics_epochs(run: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
@@ -131,10 +105,10 @@ def test_workers_end_when_the_main_process_is_killed_and_the_resume_runs_each_tr
     survivors: set[int] = set()
     try:
         def two_trials_training():
-            folder = only_sweep(runs_dir)
-            if folder is None:
+            if (so_far := sweep_so_far(runs_dir)) is None:
                 return None
-            running = [int(k) for k, t in read_trials(folder).items() if t["status"] == "running"]
+            folder, trials = so_far
+            running = [int(k) for k, t in trials.items() if t["status"] == "running"]
             # both workers past their first epoch: each would write into its folder again
             if len(running) == 2 and all((folder / f"trial-{i:03d}" / "metrics.jsonl").is_file() for i in running):
                 return folder
