@@ -94,10 +94,13 @@ class Config:
     values: dict
     source: str | None = None
     overrides: list[str] = field(default_factory=list)
-    #: The document as given (before overrides and defaults): what a re-validation with
-    #: more overrides starts from, so that ``optimizer.name=sgd`` on a resolved Adam config
-    #: does not carry Adam's resolved ``beta1`` along. None: start from ``values``.
+    #: The document as given (before overrides and defaults; its data paths made absolute):
+    #: what a re-validation with more overrides starts from, so that ``optimizer.name=sgd``
+    #: on a resolved Adam config does not carry Adam's resolved ``beta1`` along. None:
+    #: start from ``values``.
     raw: dict | None = field(default=None, repr=False, compare=False)
+    #: The folder its plugin paths were resolved against (absolute), kept for a re-validation.
+    base_dir: Path | None = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -127,16 +130,18 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
     if isinstance(source, Config):
         file, overrides = source.source, source.overrides + overrides
         raw = copy.deepcopy(source.raw if source.raw is not None else source.values)
+        base_dir = base_dir if base_dir is not None else source.base_dir
     elif isinstance(source, dict):
         raw = copy.deepcopy(source)
     else:
         file = str(source)
         raw = yamlfiles.read(source)
-    document = copy.deepcopy(raw)
     if base_dir is None:
         base_dir = Path(file).parent if file else Path.cwd()
+    base_dir = Path(os.path.abspath(base_dir))
     if file:
         _paths_from(raw, Path(file).parent)
+    document = copy.deepcopy(raw)  # relative data paths already made absolute: a later chdir changes nothing
     try:
         if raw is None:
             raise ConfigError("", "", None, raw="the config is empty; expected a mapping with the sections "
@@ -151,7 +156,7 @@ def load_config(source: str | Path | dict | Config, overrides: Iterable[str] = (
     except ConfigError as err:
         raise err.in_file(file) if file and not err.source else err
     warn_kept_rate(given_optimizer, list(overrides), values["optimizer"], file or "the config")
-    return Config(values, file, overrides, raw=document)
+    return Config(values, file, overrides, raw=document, base_dir=base_dir)
 
 
 def warn_kept_rate(given: object, overrides: list[str], resolved: dict, where: str) -> None:

@@ -490,3 +490,19 @@ def test_a_loss_a_schedule_and_an_initializer_from_a_plugin(tmp_path, monkeypatc
     assert "loss: log_cosh (mean)" in explained.stdout and "E = sum ln cosh(yhat - y)." in explained.stdout
     assert "The learning rate follows the halving schedule (every 2) from 0.1." in explained.stdout
     assert_ok(invoke("eval", run))
+
+
+def test_a_loaded_config_with_plugins_takes_more_overrides_from_another_folder(tmp_path, monkeypatch):
+    """load_config(cfg, more) re-resolves cfg's document: its plugin and data paths must
+    still resolve against where cfg was read, not the folder the process has moved to."""
+    import cnncli
+
+    config = write_tutorial(tmp_path)
+    from_dict = cnncli.load_config(yaml.safe_load(config.read_text()), base_dir=tmp_path, check_memory=False)
+    from_file = cnncli.load_config(str(config), check_memory=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for cfg in (from_dict, from_file):
+        again = cnncli.load_config(cfg, ["train.epochs=2"], check_memory=False)
+        assert again["plugins"] == cfg["plugins"] and again["train"]["epochs"] == 2
