@@ -300,6 +300,18 @@ def test_an_animated_gif_is_read_as_its_first_frame_and_said_once(tmp_path, imag
         [f"warning: 2 animated images read as their first frame only: {gif}, {moving}"]
 
 
+def test_an_animated_file_that_fails_to_decode_is_not_said_to_be_read(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(2)]
+    whole = png_bytes(frames[0], save_all=True, append_images=frames[1:])  # an animated PNG
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole[: whole.find(b"IDAT") + 200])  # its header says animated; its first frame is cut short
+    animated: list[str] = []
+    with pytest.raises(BadImageError, match="truncated"):
+        load_image(cut, 4, 4, 3, animated=animated)
+    assert animated == []  # skipped (or an error), never also "read as its first frame"
+
+
 def test_exif_orientation_is_applied(tmp_path):
     """A photo whose EXIF says 'rotate 90 degrees clockwise to view' is read upright, as
     Pillow's own ImageOps.exif_transpose shows it."""

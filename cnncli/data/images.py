@@ -113,9 +113,10 @@ def load_image(path: str | Path, height: int, width: int, channels: int, *,
             raise ImageTooLargeError(path, f"expected at most {max_pixels:,} pixels, data.max_image_pixels; got "
                                            f"{w}x{h} = {w * h:,} from its header, refused before decoding")
         try:
+            pixels = _decode(img, height, width, channels)
             if getattr(img, "is_animated", False) and animated is not None:
-                animated.append(str(path))
-            return _decode(img, height, width, channels)
+                animated.append(str(path))  # only once read: a file that fails is skipped, not "read"
+            return pixels
         except Exception as err:  # noqa: BLE001 a damaged or truncated body: OSError, SyntaxError, ValueError, ...
             raise BadImageError(path, describe_failure(err)) from None
 
