@@ -166,7 +166,9 @@ def test_workers_end_when_the_main_process_is_killed_and_the_resume_runs_each_tr
 
 
 # ------------------------------------------------------------- a worker ends with its parent
-#: A worker: ``end_with_parent`` as a pool's initializer calls it, then waits forever.
+#: A worker: ``end_with_parent`` as a pool's initializer calls it, then waits forever. It
+#: says "ready" only when the way under test is the one in use (prctl: no watchdog thread
+#: started), else the way it found, so the prctl case cannot pass on the watchdog alone.
 WORKER = """
 import sys, threading
 from cnncli import sweep
@@ -177,7 +179,8 @@ try:
 except BaseException as err:  # not ending by itself: say why
     print(f"error {type(err).__name__}: {err}", flush=True)
     raise SystemExit(3)
-print("ready", flush=True)
+way = "watchdog" if any(t.name == "cnncli-parent-watch" for t in threading.enumerate()) else "prctl"
+print("ready" if way == sys.argv[1] else way, flush=True)
 threading.Event().wait()
 """
 #: The worker's parent: starts it, says its pid and its first line, and exits when told.
