@@ -68,13 +68,8 @@ class BadImageError(DataError):
     """A file that cannot be read as an image under the policy; ``reason`` says why."""
 
     def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: not a readable image ({reason})")
-
-
-class ImageTooLargeError(BadImageError):
-    """An image whose header announces more pixels than the limit (refused undecoded)."""
 
 
 def load_image(path: str | Path, height: int, width: int, channels: int, *,
@@ -101,8 +96,8 @@ def load_image(path: str | Path, height: int, width: int, channels: int, *,
     except Image.DecompressionBombError as err:
         announced = re.search(r"\((\d+) pixels\)", str(err))  # Pillow: "Image size (N pixels) exceeds limit ..."
         got = f"{int(announced.group(1)):,} pixels" if announced else "more"
-        raise ImageTooLargeError(path, f"expected at most {PILLOW_BOMB_LIMIT:,} pixels, Pillow's decompression-bomb "
-                                       f"limit; got {got} from its header, refused before decoding") from None
+        raise BadImageError(path, f"expected at most {PILLOW_BOMB_LIMIT:,} pixels, Pillow's decompression-bomb "
+                                  f"limit; got {got} from its header, refused before decoding") from None
     except Image.UnidentifiedImageError:
         raise BadImageError(path, f"expected {FORMAT_NAMES} data; got {describe_start(path)}") from None
     except Exception as err:  # noqa: BLE001 Pillow's readers raise many kinds for a damaged header
@@ -110,8 +105,8 @@ def load_image(path: str | Path, height: int, width: int, channels: int, *,
     with img:
         w, h = img.size
         if w * h > max_pixels:
-            raise ImageTooLargeError(path, f"expected at most {max_pixels:,} pixels, data.max_image_pixels; got "
-                                           f"{w}x{h} = {w * h:,} from its header, refused before decoding")
+            raise BadImageError(path, f"expected at most {max_pixels:,} pixels, data.max_image_pixels; got "
+                                      f"{w}x{h} = {w * h:,} from its header, refused before decoding")
         try:
             pixels = _decode(img, height, width, channels)
             if getattr(img, "is_animated", False) and animated is not None:
