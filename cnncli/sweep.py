@@ -394,18 +394,25 @@ class FolderLock:
             self._fh.close()  # closing the file releases the flock
             self._fh = None
 
+    @contextlib.contextmanager
+    def held(self):
+        """Try the lock for the ``with`` block: yields True while this process holds it,
+        False (holding nothing) when another live process does; released at the end."""
+        try:
+            yield self.acquire()
+        finally:
+            self.release()
+
 
 @contextlib.contextmanager
 def running_sweep(folder: Path):
     """Hold the sweep's lock while it runs; a sweep that another live process runs is refused."""
     lock = FolderLock(sweep_lock_path(folder))
-    if not lock.acquire():
-        raise RunFolderError(f"{folder}: this sweep is being run by process {lock.holder()}; let it finish or stop "
-                             "it, then --resume again")
-    try:
+    with lock.held() as mine:
+        if not mine:
+            raise RunFolderError(f"{folder}: this sweep is being run by process {lock.holder()}; let it finish or "
+                                 "stop it, then --resume again")
         yield
-    finally:
-        lock.release()
 
 
 @contextlib.contextmanager
@@ -461,13 +468,11 @@ def run_trial(index: int, values: dict, target: str | None, threads: int | None 
     if target is None:
         return _run_trial(index, values, target, threads, plugin_files, prune, metric)
     lock = FolderLock(trial_lock_path(target, index))
-    if not lock.acquire():  # a worker of a sweep that died still writes there: never share its folder
-        return {"index": index, "status": "failed", "metrics": {}, "seconds": 0.0,
-                "reason": f"trial-{index:03d} is being run by process {lock.holder()}"}
-    try:
+    with lock.held() as mine:
+        if not mine:  # a worker of a sweep that died still writes there: never share its folder
+            return {"index": index, "status": "failed", "metrics": {}, "seconds": 0.0,
+                    "reason": f"trial-{index:03d} is being run by process {lock.holder()}"}
         return _run_trial(index, values, target, threads, plugin_files, prune, metric)
-    finally:
-        lock.release()
 
 
 def _run_trial(index, values, target, threads, plugin_files, prune, metric) -> dict:
