@@ -180,6 +180,13 @@ def finished_count(study) -> int:
     return done
 
 
+def requeued_record(number: int) -> dict:
+    """trials.json's record of trial ``number``, running when its sweep died: failed in
+    the study, its values asked again as a later trial."""
+    return {"index": number, "status": "requeued", "metrics": {},
+            "reason": "running when the sweep stopped; its values are asked again"}
+
+
 def recover(study, sweep: Sweep, space: dict) -> list[int]:
     """Trials the study holds as running (their sweep died): failed and asked again. The
     study is the record: trials.json is brought in line with it."""
@@ -193,8 +200,7 @@ def recover(study, sweep: Sweep, space: dict) -> list[int]:
             folder = sweep.folder / f"trial-{t.number:03d}"
             told = {optuna.trial.TrialState.COMPLETE: "completed", optuna.trial.TrialState.PRUNED: "pruned"}
             if t.user_attrs.get(REQUEUED):
-                sweep.records[t.number] = {"index": t.number, "status": "requeued", "metrics": {},
-                                           "reason": "running when the sweep stopped; its values are asked again"}
+                sweep.records[t.number] = requeued_record(t.number)
             elif t.state in told and (folder / "metrics.jsonl").is_file():
                 # Told to the study, then killed before trials.json said so: the run folder has it all.
                 sweep.records[t.number] = {"index": t.number, "status": told[t.state], "path": folder.name,
@@ -217,8 +223,7 @@ def recover(study, sweep: Sweep, space: dict) -> list[int]:
             if folder.exists():
                 abandon(folder)  # its MLflow run, if it had one, ends KILLED rather than RUNNING forever
                 shutil.rmtree(folder)
-            sweep.records[t.number] = {"index": t.number, "status": "requeued", "metrics": {},
-                                       "reason": "running when the sweep stopped; its values are asked again"}
+            sweep.records[t.number] = requeued_record(t.number)
             again.append(t.number)
     return again
 
