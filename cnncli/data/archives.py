@@ -34,7 +34,6 @@ class ArchiveError(DataError):
     """An archive that is refused before anything in it is written."""
 
     def __init__(self, archive: str | Path, reason: str):
-        self.archive = str(archive)
         self.reason = reason
         super().__init__(f"{archive}: {reason}; nothing was unpacked")
 
@@ -56,11 +55,10 @@ def _inside(root_relative: str) -> bool:
     return not (norm == ".." or norm.startswith("../") or posixpath.isabs(norm))
 
 
-def check_tar(tar: tarfile.TarFile, archive: str | Path, *, limit: int,
-              member_limit: int = MEMBER_LIMIT) -> list[tarfile.TarInfo]:
+def check_tar(tar: tarfile.TarFile, archive: str | Path) -> list[tarfile.TarInfo]:
     """Every member of ``tar``, read header by header; raises :class:`ArchiveError` at the
-    first one that may not be written, or as soon as the sizes pass ``limit`` (before
-    reading any further: a bomb's later headers are never reached)."""
+    first one that may not be written, or as soon as the sizes pass :data:`UNPACK_LIMIT`
+    (before reading any further: a bomb's later headers are never reached)."""
     members, total = [], 0
     while (member := tar.next()) is not None:
         members.append(member)
@@ -79,27 +77,26 @@ def check_tar(tar: tarfile.TarFile, archive: str | Path, *, limit: int,
         if why is not None:
             raise ArchiveError(archive, f"member {name!r} {why}")
         total += member.size if member.isfile() else 0
-        if total > limit:
-            raise ArchiveError(archive, f"its members unpack to more than {limit:,} bytes (at {name!r}); "
-                                        f"expected at most {limit:,}")
-        if len(members) > member_limit:
-            raise ArchiveError(archive, f"more than {member_limit:,} members; expected at most {member_limit:,}")
+        if total > UNPACK_LIMIT:
+            raise ArchiveError(archive, f"its members unpack to more than {UNPACK_LIMIT:,} bytes (at {name!r}); "
+                                        f"expected at most {UNPACK_LIMIT:,}")
+        if len(members) > MEMBER_LIMIT:
+            raise ArchiveError(archive, f"more than {MEMBER_LIMIT:,} members; expected at most {MEMBER_LIMIT:,}")
     return members
 
 
-def extract_tar(archive: str | Path, dest: Path, *, limit: int | None = None) -> None:
+def extract_tar(archive: str | Path, dest: Path) -> None:
     """Unpack a tar archive (any compression tarfile reads) into ``dest``, every member
-    checked first (:func:`check_tar`; ``limit`` defaults to :data:`UNPACK_LIMIT`), then
-    extracted with the ``data`` filter."""
+    checked first (:func:`check_tar`), then extracted with the ``data`` filter."""
     with tarfile.open(archive) as tar:
-        members = check_tar(tar, archive, limit=UNPACK_LIMIT if limit is None else limit)
+        members = check_tar(tar, archive)
         tar.extractall(dest, members=members, filter="data")
 
 
-def check_zip(zf: zipfile.ZipFile, archive: str | Path, names: list[str], *, limit: int) -> None:
+def check_zip(zf: zipfile.ZipFile, archive: str | Path, name: str) -> None:
     """Every member's name and type (symlinks, devices: from the Unix mode zip stores) is
-    checked, and the uncompressed sizes of the members ``names`` to be extracted against
-    ``limit``; raises :class:`ArchiveError`."""
+    checked, and the uncompressed size of the member ``name`` to be extracted against
+    :data:`UNPACK_LIMIT`; raises :class:`ArchiveError`."""
     infos = zf.infolist()
     if len(infos) > MEMBER_LIMIT:
         raise ArchiveError(archive, f"more than {MEMBER_LIMIT:,} members; expected at most {MEMBER_LIMIT:,}")
@@ -112,16 +109,14 @@ def check_zip(zf: zipfile.ZipFile, archive: str | Path, names: list[str], *, lim
             why = "is a device or other special file"
         if why is not None:
             raise ArchiveError(archive, f"member {info.filename!r} {why}")
-    total = sum(zf.getinfo(name).file_size for name in names)
-    if total > limit:
-        raise ArchiveError(archive, f"{', '.join(map(repr, names))} would unpack to {total:,} bytes; "
-                                    f"expected at most {limit:,}")
+    size = zf.getinfo(name).file_size
+    if size > UNPACK_LIMIT:
+        raise ArchiveError(archive, f"{name!r} would unpack to {size:,} bytes; expected at most {UNPACK_LIMIT:,}")
 
 
-def extract_zip_member(archive: str | Path, name: str, dest: Path, *, limit: int | None = None) -> Path:
+def extract_zip_member(archive: str | Path, name: str, dest: Path) -> Path:
     """One member of a zip archive, extracted into ``dest`` once the whole archive has
-    passed :func:`check_zip` (``limit`` defaults to :data:`UNPACK_LIMIT`); returns where
-    it was written."""
+    passed :func:`check_zip`; returns where it was written."""
     with zipfile.ZipFile(archive) as zf:
-        check_zip(zf, archive, [name], limit=UNPACK_LIMIT if limit is None else limit)
+        check_zip(zf, archive, name)
         return Path(zf.extract(name, dest))
