@@ -251,12 +251,10 @@ def _unpack(dataset: Dataset) -> Path:
         # Only a complete unpacking replaces what was there: renamed into place at the end.
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging / dataset.image_root, final)
-    except ArchiveError as err:
-        raise DataError(f"{dataset.name}: cannot unpack {dataset.files[0].name} ({err.reason}); nothing was "
-                        "unpacked") from None
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
-        # A damaged archive may fail halfway: the staging folder goes, what was there stays.
-        raise DataError(f"{dataset.name}: cannot unpack {dataset.files[0].name} ({err}); nothing was "
+    except (ArchiveError, tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+        # Refused from its headers, or a damaged archive failing halfway: the staging folder goes, what was there stays.
+        why = err.reason if isinstance(err, ArchiveError) else err
+        raise DataError(f"{dataset.name}: cannot unpack {dataset.files[0].name} ({why}); nothing was "
                         "unpacked") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
