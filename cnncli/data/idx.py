@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncli.data.npz import MAX_DEFLATE_RATIO
 from cnncli.errors import DataError
 
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-#: deflate's largest expansion: 1,032 bytes out per byte in. A gzip file cannot hold more
-#: than this many times its size, so a header announcing more is refused before reading.
-MAX_GZIP_RATIO = 1032
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -51,9 +49,10 @@ def read_idx(path: str | Path) -> np.ndarray:
             dtype = np.dtype(_TYPES[head[2]])
             expected = math.prod(dims) * dtype.itemsize  # Python ints: exact, no overflow
             shape = "x".join(map(str, dims)) or "a scalar"
-            if compressed and expected > MAX_GZIP_RATIO * size:
+            # gzip is deflate: a file cannot hold more than MAX_DEFLATE_RATIO times its size
+            if compressed and expected > MAX_DEFLATE_RATIO * size:
                 raise DataError(f"{path}: IDX header announces {shape} values, {expected:,} bytes; a gzip file of "
-                                f"{size:,} bytes cannot hold more than {MAX_GZIP_RATIO * size:,}")
+                                f"{size:,} bytes cannot hold more than {MAX_DEFLATE_RATIO * size:,}")
             if not compressed and size - 4 - 4 * ndim != expected:
                 raise DataError(f"{path}: IDX data has {size - 4 - 4 * ndim} bytes; its header announces {expected} "
                                 f"({shape} values)")
