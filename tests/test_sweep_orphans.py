@@ -281,3 +281,30 @@ def test_a_resume_never_shares_a_folder_with_a_live_process(tmp_path, monkeypatc
     assert again.exit_code == 0, again.output
     assert read_trials(folder)["1"]["status"] == "completed"
     assert not (folder / "trial-001" / "survivor-was-here").exists()
+
+
+def test_a_trial_whose_lock_another_process_holds_is_refused_by_its_worker(tmp_path):
+    """``run_trial``, as a worker runs it, refuses a trial another live process holds and
+    touches nothing. (A sweep claims its trials' locks before starting them, so there the
+    resume refuses first; this is the worker's own guard, for the window after that.)"""
+    config = sweeps.trial_configs(sweeps.make_spec(str(QUICKSTART), grid_options=["optimizer.lr=0.01"],
+                                                   overrides=SMALL[1::2]))[0]
+    folder = tmp_path / "sweep"
+    (folder / "trial-000").mkdir(parents=True)
+    (folder / "trial-000" / "survivor-was-here").write_text("a worker of a sweep that died")
+    lock = sweeps.trial_lock_path(folder, 0)
+    holder = hold_lock(lock)
+    try:
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        record = sweeps.run_trial(0, config, str(folder))
+        after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert record == {"index": 0, "status": "failed", "metrics": {}, "seconds": 0.0,
+                      "reason": f"trial-000 is being run by process {holder.pid}"}
+    assert after == before  # no run folder written, the survivor's files and the lock file as they were
+    assert sorted(p.name for p in folder.iterdir()) == [".locks", "trial-000"]
+    mine = sweeps.FolderLock(lock)  # and the refusal left no lock held in this process
+    assert mine.acquire()
+    mine.release()
