@@ -32,7 +32,7 @@ from cnncli.metrics import (class_probabilities, classification_scores, confusio
 from cnncli.resources import check_disk
 from cnncli.summary import summarize, to_markdown
 from cnncli.training import (Callback, DynamicsSchedule, EpochMetrics, FitResult, TrainState, TrialPruned, evaluate,
-                             fit)
+                             fit, monitored_metric)
 from cnncli.visualize import curves_png, optimizer_label
 
 SHUFFLE_STREAM = 3
@@ -70,7 +70,7 @@ class RunWriter(Callback):
     """Writes metrics rows, checkpoints and status as training goes."""
 
     def __init__(self, run_dir: Path, network, optimizer, config: dict, shuffle_rng: np.random.Generator,
-                 history: list[dict] = ()):
+                 history: list[dict] = (), monitor: str = "val_loss"):
         self.run_dir = run_dir
         self.network = network
         self.optimizer = optimizer
@@ -78,6 +78,7 @@ class RunWriter(Callback):
         self.dynamics_log = runs.DynamicsLog(run_dir, since_step=optimizer.t)
         self.every, self.unit = checkpoint_interval(config["train"]["checkpoint_every"])
         self.epochs = config["train"]["epochs"]
+        self.monitor = monitor
         self.shuffle_rng = shuffle_rng
         self.best_state: dict | None = None
         self.steps_per_epoch = 0
@@ -110,7 +111,9 @@ class RunWriter(Callback):
             self.best_state = self.network.state_dict()
         if self.unit == "steps" or metrics.epoch % self.every == 0 or metrics.epoch == self.epochs:
             self.save_last(state)
-        runs.write_status(self.run_dir, "running", epochs_completed=metrics.epoch, step=metrics.step)
+        # The best epoch so far, as fit chose it: what runs, compare and the pictures show.
+        runs.write_status(self.run_dir, "running", epochs_completed=metrics.epoch, step=metrics.step,
+                          best_epoch=state.best_epoch, monitor=self.monitor)
 
     def on_dynamics(self, record: dict) -> None:
         self.dynamics_log.append(record)
@@ -365,7 +368,9 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
     from cnncli.data.augment import Augmenter
 
     augment = Augmenter.from_config(values["data"]["augment"], values["model"]["input_shape"])
-    writer = RunWriter(run_dir, network, optimizer, values, shuffle_rng, state.history)
+    # What picks the best epoch (fit's own rule): every status written below names it.
+    monitor = monitored_metric(values["train"]["early_stopping"], data.validation is not None and len(data.validation) > 0)
+    writer = RunWriter(run_dir, network, optimizer, values, shuffle_rng, state.history, monitor)
     writer.best_state = best_state
     guard = graceful_interrupts() if handle_signals else contextlib.nullcontext(lambda: False)
     try:
@@ -381,24 +386,25 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
                          dynamics=DynamicsSchedule.from_config(values["train"]["dynamics"]))
     except TrialPruned as pruned:  # a sweep's pruner stopped it: what it finished stays
         runs.write_status(run_dir, "pruned", epochs_completed=len(runs.read_metrics(run_dir)), step=optimizer.t,
-                          checkpoint=writer.last_saved, reason=str(pruned))
+                          checkpoint=writer.last_saved, reason=str(pruned), **best_so_far(state, monitor))
         raise
     except KeyboardInterrupt:
         saved = writer.last_saved or {}
         runs.write_status(run_dir, "interrupted", **runs.epoch_fields(state.epoch, state.batch), step=optimizer.t,
-                          checkpoint=saved or None,
+                          checkpoint=saved or None, **best_so_far(state, monitor),
                           reason="stopped at once by a second interrupt; resume continues from the last "
                                  "checkpoint")
         raise
     except BaseException as err:
         runs.write_status(run_dir, "failed", **runs.epoch_fields(state.epoch, state.batch), step=optimizer.t,
-                          checkpoint=writer.last_saved, reason=f"{type(err).__name__}: {err}")
+                          checkpoint=writer.last_saved, reason=f"{type(err).__name__}: {err}",
+                          **best_so_far(state, monitor))
         raise
     run.result = result
     if result.interrupted:
         run.status = "interrupted"
         runs.write_status(run_dir, "interrupted", **runs.epoch_fields(state.epoch, state.batch), step=optimizer.t,
-                          checkpoint=writer.last_saved,
+                          checkpoint=writer.last_saved, **best_so_far(state, monitor),
                           reason="interrupted; the checkpoint holds every finished step")
         return run
     try:  # the end of a run (best weights, evaluation, curves) can fail or be interrupted too
@@ -414,23 +420,22 @@ def _run_fit(run: Run, network, loss, optimizer, data: Dataset, shuffle_rng, sta
         if evaluation is not None:
             run.evaluation = evaluation_report(network, loss, evaluation, data.class_names,
                                                values["eval"]["batch_size"])
-            run.evaluation.update(checkpoint=which, epoch=evaluated_epoch,
-                                  data="test" if data.test is not None else "validation")
+            run.evaluation.update(checkpoint=which, epoch=evaluated_epoch, data=data.evaluation_name)
             runs.write_json(run_dir / "eval.json", run.evaluation)
-        write_curves(run_dir, result.history, values["optimizer"], result.best_epoch, result.monitor)
+        write_curves(run_dir, values["optimizer"])
         best = result.best
         last_epoch = result.history[-1].epoch if result.history else 0
         runs.write_status(run_dir, "completed", epochs_completed=last_epoch, step=optimizer.t,
                           stopped_early=result.stopped_early, best_epoch=result.best_epoch, monitor=result.monitor,
                           best=best.as_dict() if best else None)
     except KeyboardInterrupt:
-        runs.write_status(run_dir, "interrupted", epochs_completed=state.epoch, step=optimizer.t,
-                          checkpoint=writer.last_saved,
+        runs.write_status(run_dir, "interrupted", **runs.epoch_fields(state.epoch, state.batch), step=optimizer.t,
+                          checkpoint=writer.last_saved, **best_so_far(state, monitor),
                           reason="stopped at once after the last epoch; resume finishes the run")
         raise
     except BaseException as err:
-        runs.write_status(run_dir, "failed", epochs_completed=state.epoch, step=optimizer.t,
-                          checkpoint=writer.last_saved,
+        runs.write_status(run_dir, "failed", **runs.epoch_fields(state.epoch, state.batch), step=optimizer.t,
+                          checkpoint=writer.last_saved, **best_so_far(state, monitor),
                           reason=f"{type(err).__name__}: {err}")
         raise
     run.status = "completed"
@@ -490,13 +495,22 @@ def evaluation_pictures(out_dir: Path, report: dict, split: Split, outputs: np.n
     return written
 
 
-def write_curves(run_dir: Path, history: list[EpochMetrics], optimizer: dict | None = None,
-                 best_epoch: int | None = None, monitor: str | None = None) -> None:
-    """curves.png: loss and accuracy against epoch, training and validation, the run and
-    its optimizer in the title and the best epoch (by ``monitor``) marked."""
-    if history:
-        curves_png([m.as_dict() for m in history], run_dir / "curves.png", run_name=run_dir.name,
-                   optimizer=optimizer_label(optimizer) if optimizer else None, best_epoch=best_epoch, monitor=monitor)
+def best_so_far(state: TrainState, monitor: str) -> dict:
+    """The status fields that say which epoch is best so far, and by what."""
+    return {"best_epoch": state.best_epoch, "monitor": monitor}
+
+
+def write_curves(run_dir: Path, optimizer: dict, path: Path | None = None) -> Path | None:
+    """``path`` (default RUN_DIR/curves.png): the run's loss and accuracy against epoch,
+    training and validation, the run and its optimizer in the title and its best epoch
+    (:func:`runs.best_epoch`, the epoch training chose) marked; None before any epoch."""
+    history = runs.read_metrics(run_dir)
+    if not history:
+        return None
+    monitor, best = runs.best_epoch(run_dir, history)
+    return curves_png(history, path or run_dir / "curves.png", run_name=run_dir.name,
+                      optimizer=optimizer_label(optimizer), best_epoch=best["epoch"] if best else None,
+                      monitor=monitor)
 
 
 # ------------------------------------------------------------------------ using a run
@@ -590,7 +604,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | None = None, data_pat
     else:
         # The same config and seed give the same split and statistics as in training.
         data = load_dataset(values, cache_dir=run_dir.parent / ".cache", outputs=outputs)
-        which = split or ("test" if data.test is not None else "validation")
+        which = split or data.evaluation_name
         split = {"test": data.test, "validation": data.validation, "train": data.train}[which]
         if split is None or not len(split):
             if which == "test":
@@ -605,7 +619,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str | None = None, data_pat
                                       f"{run_dir.name} ({checkpoint}, {which})", Path(which).name)
         report["pictures"] = [p.name for p in written]
     report["file"] = evaluation_file(checkpoint, data_path, which if data_path is None and
-                                     which != ("test" if data.test is not None else "validation") else None)
+                                     which != data.evaluation_name else None)
     runs.write_json(run_dir / report["file"], report)
     return report
 
@@ -755,7 +769,7 @@ def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkp
 
     if kernels not in KERNEL_VIEWS:
         raise InputError(f"kernels: expected {' or '.join(KERNEL_VIEWS)}; got {kernels!r}")
-    cfg, network, loss, info, meta = load_run(run_dir, checkpoint)
+    cfg, network, loss, info, _ = load_run(run_dir, checkpoint)
     written, warnings = [], []
     raw = None
     if image is not None:  # read, or refused in one line naming it, before anything is written
@@ -814,13 +828,7 @@ def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkp
         variants = [undo_normalization(augment(examples, rng), data.normalization) for _ in range(4)]
         written.append(augmented_png(undo_normalization(examples, data.normalization), variants,
                                      out / "augmented.png"))
-    history = runs.read_metrics(run_dir)
-    if history:
-        # The best epoch as training chose it: status.json once the run ended, else the
-        # checkpoint's own record of the best epoch so far.
-        status = runs.read_status(run_dir)
-        best_epoch = status.get("best_epoch", (meta.get("train_state") or {}).get("best_epoch"))
-        written.append(curves_png(history, out / "curves.png", run_name=run_dir.name,
-                                  optimizer=optimizer_label(cfg["optimizer"]), best_epoch=best_epoch,
-                                  monitor=status.get("monitor")))
+    curves = write_curves(run_dir, cfg["optimizer"], out / "curves.png")
+    if curves is not None:
+        written.append(curves)
     return written, warnings

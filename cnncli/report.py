@@ -201,9 +201,9 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, *, checkpoint
     when the data cannot be read any more, the page shows the run's last ``eval.json``.
     """
     from cnncli.errors import InputError
-    from cnncli.experiment import evaluate_run, load_run
+    from cnncli.experiment import evaluate_run, load_run, write_curves
     from cnncli.summary import summarize
-    from cnncli.visualize import curves_png, dynamics_png, kernels_png, optimizer_label
+    from cnncli.visualize import dynamics_png, kernels_png
 
     run_dir = runs.resolve_run_dir(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"
@@ -264,9 +264,7 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, *, checkpoint
 
     body.append("<h2>Learning curves</h2>")
     if history:
-        monitor, best_row = runs.best_epoch(run_dir, history)
-        curves_png(history, run_dir / "curves.png", run_name=name, optimizer=optimizer_label(config.get("optimizer") or {}),
-                   best_epoch=best_row["epoch"] if best_row else None, monitor=monitor)
+        write_curves(run_dir, config.get("optimizer") or {})
         body.append(image(run_dir / "curves.png", "loss and accuracy against epoch"))
         body.append(table(["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"],
                           [[str(r["epoch"]), fmt(r["loss"]), fmt(r["accuracy"]), fmt(r.get("val_loss")),

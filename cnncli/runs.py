@@ -173,8 +173,9 @@ def best_epoch(run_dir: Path, rows: list[dict] | None = None) -> tuple[str, dict
     """(monitor, metrics row) of the run's best epoch in the one meaning training gives
     "best": the epoch whose monitored metric (``train.early_stopping.monitor``, else
     val_loss; loss and accuracy when there is no validation data) was best, the epoch
-    best.npz holds. A finished run's status.json says which; for a run still going it is
-    read off metrics.jsonl by the same rule."""
+    best.npz holds. status.json says which (training writes ``best_epoch`` and
+    ``monitor`` with every status); for a folder written before it did, it is read off
+    metrics.jsonl by the same rule (without ``min_delta``)."""
     rows = read_metrics(run_dir) if rows is None else rows
     status = read_status(run_dir)
     monitor = status.get("monitor")

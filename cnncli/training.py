@@ -94,6 +94,13 @@ class TrainState:
         return cls(**d)
 
 
+def monitored_metric(early_stopping: dict | None, has_validation: bool) -> str:
+    """The metric that picks the best epoch: ``train.early_stopping.monitor`` (val_loss
+    by default), its training counterpart when there is no validation data."""
+    monitor = (early_stopping or {}).get("monitor", "val_loss")
+    return monitor[4:] if not has_validation and monitor.startswith("val_") else monitor
+
+
 class Callback:
     """Hooks of :func:`fit`; every method is optional."""
 
@@ -239,9 +246,7 @@ def fit(network: Network, loss: Loss, optimizer: Optimizer, train: Split, valida
     state = state if state is not None else TrainState()
     n = len(train)
     steps_per_epoch = math.ceil(n / batch_size)
-    monitor = (early_stopping or {}).get("monitor", "val_loss")
-    if (validation is None or not len(validation)) and monitor.startswith("val_"):
-        monitor = monitor[4:]
+    monitor = monitored_metric(early_stopping, validation is not None and len(validation) > 0)
     mode_max = monitor.endswith("accuracy")
     min_delta = (early_stopping or {}).get("min_delta", 0.0)
     patience = (early_stopping or {}).get("patience")

@@ -88,3 +88,24 @@ def test_eval_split_is_checked(tmp_path):
     assert_user_error(invoke("eval", run, "--split", "holdout"), "--split", "test, validation, train")
     assert_user_error(invoke("eval", run, "--split", "validation", "--data-path", tmp_path / "train.npz"),
                       "not both")
+
+
+def test_a_running_runs_best_epoch_is_the_one_training_chose_min_delta_included(tmp_path):
+    """While a run trains, its status says the best epoch so far as fit chose it: with a
+    min_delta no later epoch beats the first, however its val_loss falls."""
+    from cnncli.training import Callback
+
+    seen = []
+
+    class Look(Callback):  # runs after the run writer, which writes the epoch's status first
+        def on_epoch_end(self, metrics, improved, state):
+            run = next(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            seen.append(runs.best_epoch(run))
+
+    cfg = {**TINY, "train": {"epochs": 4, "batch_size": 32,
+                             "early_stopping": {"monitor": "val_loss", "patience": 10, "min_delta": 100.0}}}
+    run = cnncli.train(cfg, runs_dir=tmp_path, callbacks=(Look(),)).path
+    rows = runs.read_metrics(run)
+    assert min(rows, key=lambda r: r["val_loss"])["epoch"] != 1  # the metrics alone would name another epoch
+    assert [(monitor, row["epoch"]) for monitor, row in seen] == [("val_loss", 1)] * 4
+    assert runs.read_status(run)["best_epoch"] == 1

@@ -55,6 +55,11 @@ class Dataset:
         """What ``eval`` measures by default: the test set, else the validation split."""
         return self.test if self.test is not None else self.validation
 
+    @property
+    def evaluation_name(self) -> str:
+        """The name of :attr:`evaluation`'s split: ``test`` or ``validation``."""
+        return "test" if self.test is not None else "validation"
+
 
 def seeded_rng(seed: int, purpose: int) -> np.random.Generator:
     """A generator for one purpose (split, shuffling, ...) derived from the config's seed."""
