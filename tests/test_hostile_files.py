@@ -455,13 +455,25 @@ def test_the_unpacking_budget_counts_every_member(tmp_path, registry, monkeypatc
     assert_ok(invoke("data", "add", "cifar10", tmp_path / "cifar-10-binary.tar.gz"))
 
 
-def test_a_damaged_archive_fails_halfway_and_nothing_counts_as_cached(tmp_path, registry):
-    archive = cifar_archive(records_per_batch=40)
-    cut = archive[: len(archive) * 2 // 3]  # the gzip stream ends in the middle of a batch
-    cache = registry("cifar10", cut)
-    (tmp_path / "cifar-10-binary.tar.gz").write_bytes(cut)
+def test_a_damaged_archive_fails_halfway_and_nothing_counts_as_cached(tmp_path, registry, monkeypatch):
+    """Extraction that fails after writing files (a cut archive is refused by check_tar
+    before extraction starts, so the failure is made in extractall): the staging folder goes."""
+    archive = cifar_archive()
+    cache = registry("cifar10", archive)
+    (tmp_path / "cifar-10-binary.tar.gz").write_bytes(archive)
+    real, written = tarfile.TarFile.extractall, []
+
+    def halfway(self, path, members=None, **kwargs):  # the checks passed; the disk fills after the first files
+        files = [m for m in members if m.isfile()]
+        real(self, path, members=files[:2], **kwargs)
+        written.extend(p for p in Path(path).rglob("*") if p.is_file())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", halfway)
     assert_user_error(invoke("data", "add", "cifar10", tmp_path / "cifar-10-binary.tar.gz"),
-                      "cifar10: cannot unpack cifar-10-binary.tar.gz", "nothing was unpacked")
+                      "cifar10: cannot unpack cifar-10-binary.tar.gz", "No space left on device",
+                      "nothing was unpacked")
+    assert len(written) == 2  # the extraction did fail halfway, with files written
     assert_nothing_cached(cache, "cifar10")
 
 
