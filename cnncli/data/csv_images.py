@@ -88,7 +88,7 @@ def read_rows(csv_path: Path, raw: bytes) -> list[tuple[int, Path, str]]:
 
 
 def csv_cache_key(raw: bytes, rows: list[tuple[int, Path, str]], csv_path: Path,
-                  shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
+                  shape: tuple[int, int, int], max_pixels: int) -> str:
     """The CSV's bytes and image_folder's key over its files (sizes, modification times,
     the CSV's folder, the shape)."""
     files_key = cache_key([(label, [path]) for _, path, label in rows], csv_path.parent, tuple(shape), max_pixels)

@@ -72,8 +72,7 @@ def list_classes(root: Path, only: list[str] | None = None) -> list[tuple[str, l
     return out
 
 
-def cache_key(classes: list[tuple[str, list[Path]]], root: Path, shape: tuple[int, int, int],
-              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
+def cache_key(classes: list[tuple[str, list[Path]]], root: Path, shape: tuple[int, int, int], max_pixels: int) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps({"v": CACHE_VERSION, "shape": shape, "root": str(root.resolve()),
                               "resample": "bilinear", "max_pixels": max_pixels}).encode())
@@ -103,7 +102,7 @@ def load_image_folder(root: str | Path, shape: tuple[int, int, int], *, on_bad_i
 
 
 def decode(items: list[tuple[Path, int, str]], shape: tuple[int, int, int], names: list[str], on_bad_image: str,
-           cache_file: Path | None, where: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> FolderImages:
+           cache_file: Path | None, where: str, max_pixels: int) -> FolderImages:
     """Decode (file, label, how to name it in an error) items into FolderImages, leaving
     out unreadable or refused files with ``on_bad_image: skip``, and write the cache."""
     height, width, channels = shape
