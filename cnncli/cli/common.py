@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cnncli.errors import CnnCliError, CnnCliWarning
 
@@ -31,7 +32,7 @@ if not err_console.is_terminal:
 def _show_warning(message, category, filename, lineno, file=None, line=None, _python=warnings.showwarning):
     """cnncli's own warnings (CnnCliWarning) as one ``warning: ...`` line on stderr; others as Python shows them."""
     if issubclass(category, CnnCliWarning):
-        say(f"warning: {message}", error=True)
+        warn(str(message))
     else:
         _python(message, category, filename, lineno, file, line)
 
@@ -61,14 +62,21 @@ def say(text: str, *, error: bool = False, style: str | None = None) -> None:
     (err_console if error else console).print(text, highlight=False, markup=False, style=style, soft_wrap=True)
 
 
-def table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> Table:
-    """A rich table; ``columns`` are (name, justify)."""
+def table(title: str, columns: list[tuple[str, str]], rows: list[list]) -> Table:
+    """A rich table; ``columns`` are (name, justify). A ``str`` cell is text, not markup
+    (a class name or a value such as ``[relu, tanh]`` prints as it is); pass a rich
+    ``Text`` for a styled cell."""
     out = Table(title=title, title_justify="left")
     for name, justify in columns:
         out.add_column(name, justify=justify)
     for row in rows:
-        out.add_row(*row)
+        out.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in row))
     return out
+
+
+def warn(line: str) -> None:
+    """One ``warning: ...`` line on stderr."""
+    say(f"warning: {line}", error=True)
 
 
 def config_path(target: Path) -> Path:

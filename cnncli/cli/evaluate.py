@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from cnncli.cli.common import CHECKPOINT, RUNS_DIR, console, say, table, user_errors
+from cnncli.cli.common import CHECKPOINT, RUNS_DIR, console, say, table, user_errors, warn
 from cnncli.errors import CnnCliError
 
 
@@ -105,7 +105,7 @@ def predict(
     if found.animated:
         from cnncli.data.images import animated_note
 
-        say(f"warning: {animated_note(found.animated)}", error=True)
+        warn(animated_note(found.animated))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, predictions_csv(found))

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cnncli.cli.common import RUNS_DIR, SET, config_path, console, say, table, user_errors
 from cnncli.errors import CnnCliError
@@ -107,7 +107,7 @@ def gradcheck_table(rows: list[dict], tolerance: float, title: str) -> Table:
         body.append(["" if r["index"] is None else str(r["index"]), r["layer"], ", ".join(names) or "-",
                      str(r["entries"]), str(r["kinks"]), f"{local:.2e}" if r["local"] else "-",
                      f"{end:.2e}" if r["end_to_end"] else "-",
-                     "[green]pass[/]" if r["error"] < tolerance else "[bold red]FAIL[/]"])
+                     Text.from_markup("[green]pass[/]" if r["error"] < tolerance else "[bold red]FAIL[/]")])
     return table(title, columns, body)
 
 
@@ -184,10 +184,9 @@ def components(
 
         raw = read(config_path(config))
         plugins.resolve((raw or {}).get("plugins") if isinstance(raw, dict) else None, config_path(config).parent)
-    rows = [[escape(cell) for cell in row] for row in describe_components(kind)]  # text, not markup
     console.print(table("components" + (f" ({kind})" if kind else ""),
                         [("kind", "left"), ("name", "left"), ("keys", "left"), ("from", "left"),
-                         ("description", "left")], rows))
+                         ("description", "left")], describe_components(kind)))
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnncli.cli.common import CHECKPOINT, RUNS_DIR, say, user_errors
+from cnncli.cli.common import CHECKPOINT, RUNS_DIR, say, user_errors, warn
 from cnncli.errors import CnnCliError
 
 
@@ -35,7 +35,7 @@ def visualize(
     written, warnings = visualize_run(path, out or path / "visualize", image=image, checkpoint=checkpoint,
                                       kernels=kernels, on_note=say)
     for line in warnings:
-        say(f"warning: {line}", error=True)
+        warn(line)
     for p in written:
         say(f"wrote {p}")
 

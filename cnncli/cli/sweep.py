@@ -7,9 +7,8 @@ from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
-from cnncli.cli.common import SET, console, say, table, user_errors
+from cnncli.cli.common import SET, console, say, table, user_errors, warn
 from cnncli.errors import CnnCliError
 
 
@@ -84,8 +83,6 @@ def print_dry_run(target, grid, set_, name, metric, mode, resume) -> None:
 
 def print_leaderboard(sw) -> None:
     header, body = sw.leaderboard_rows()
-    # Cells as Text, not markup: rich would take a value such as "[relu, tanh]" for a style tag and drop it.
-    body = [[Text(cell) for cell in row] for row in body]
     console.print(table(f"leaderboard ({sw.spec.metric}, {sw.spec.mode})",
                         [(c, "left" if c in ("trial", "status") else "right") for c in header], body))
     best = sw.best_trial()
@@ -146,7 +143,7 @@ def sweep(
     with progress.progress:
         try:
             run_any(sw, jobs=jobs, executor=executor, address=address, on_update=progress,
-                    on_warning=lambda line: say(f"warning: {line}", error=True))
+                    on_warning=warn)
         except KeyboardInterrupt:
             say(f"interrupted; continue with: cnncli sweep --resume {sw.folder}", error=True)
             raise typer.Exit(130) from None

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cnncli import tracking
-from cnncli.cli.common import SET, console, err_console, say, user_errors
+from cnncli.cli.common import SET, console, err_console, say, user_errors, warn
 from cnncli.cli.data import announce_fetch
 from cnncli.cli.inspect import summary_table
 from cnncli.errors import CnnCliError
@@ -75,11 +75,11 @@ def print_data_warnings(run_dir, cfg, network, data) -> None:
     """What the data reading left out or read only in part (printed with --quiet too)."""
     info = data.info
     for f in info.get("skipped", [])[:10]:
-        say(f"warning: skipped unreadable image {f}", error=True)
+        warn(f"skipped unreadable image {f}")
     if info.get("animated"):
         from cnncli.data.images import animated_note
 
-        say(f"warning: {animated_note(info['animated'])}", error=True)
+        warn(animated_note(info["animated"]))
 
 
 def print_ready(run_dir, cfg, network, data) -> None:
@@ -111,11 +111,6 @@ def print_init(rows: list[dict], record: dict) -> None:
     console.print(table("", [("#", "right"), ("layer", "left"), ("", "left"), ("", "left")],
                         [[str(r["layer"]), r["label"], "loaded" if r["loaded"] else
                           ("-" if r["why"] == "no parameters" else "initialized"), r["why"]] for r in rows]))
-
-
-def warn(line: str) -> None:
-    """A warning from the library (MLflow failed mid-run): one line on stderr."""
-    say(f"warning: {line}", error=True)
 
 
 def print_outcome(run) -> None:
