@@ -79,6 +79,8 @@ TRAIN_DEFAULTS = {
     "dynamics": {"every": 1},  # true: one record an epoch; {every: "N steps"}; false
     "report": False,
 }
+#: The optimizer of a config that names none.
+DEFAULT_OPTIMIZER = "adam"
 EARLY_STOPPING_DEFAULTS = {"monitor": "val_loss", "patience": 5, "min_delta": 0.0, "restore_best": True}
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 EVAL_DEFAULTS = {"batch_size": 256, "checkpoint": "best"}
@@ -180,7 +182,7 @@ def kept_rate_note(given: object, overrides: list[str], resolved: dict, where: s
     keys = [parse_key_path(item.split("=", 1)[0].strip()) for item in overrides if "=" in item]
     if ["optimizer", "name"] not in keys or any(k in (["optimizer"], ["optimizer", "lr"]) for k in keys):
         return None
-    before, now = given.get("name", "adam"), resolved["name"]
+    before, now = given.get("name", DEFAULT_OPTIMIZER), resolved["name"]
     if before == now:
         return None
     from cnncli.nn.optimizers import make_optimizer
@@ -590,9 +592,9 @@ def resolve_objective(raw: dict, network):
         network.check_loss(loss)
     except ConfigError as err:
         raise err.prefixed("loss") from None
-    opt_spec = raw.get("optimizer", {"name": "adam"})
+    opt_spec = raw.get("optimizer", {"name": DEFAULT_OPTIMIZER})
     if isinstance(opt_spec, dict) and "name" not in opt_spec:
-        opt_spec = {"name": "adam", **opt_spec}
+        opt_spec = {"name": DEFAULT_OPTIMIZER, **opt_spec}
     return loss, class_weight, make_optimizer(opt_spec, "optimizer")
 
 

@@ -670,6 +670,18 @@ class Predictions:
         return len(self.rows)
 
 
+def image_input(config: Config, refusal: str) -> tuple[tuple[int, int, int], int]:
+    """(input shape (H, W, C), pixel limit) for reading image files into a run's model;
+    ``refusal`` starts the one-line error for a model whose input is not an image. A run
+    whose data were not image files (npz, idx) reads them under the default limit."""
+    from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS
+
+    shape = tuple(config["model"]["input_shape"])
+    if len(shape) != 3 or shape[2] not in (1, 3):
+        raise DataError(f"{refusal}; this model's input_shape is {list(shape)}")
+    return shape, config["data"].get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+
+
 def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str | None = None,
             strict: bool = False) -> Predictions:
     """Class and probabilities of each image file (folders and glob patterns expanded by
@@ -679,13 +691,11 @@ def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str | 
     larger than the run's ``data.max_image_pixels``: see :mod:`cnncli.data.images`), is
     skipped and listed in ``skipped``; with ``strict`` it is refused in one line instead.
     """
-    from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image
+    from cnncli.data.images import BadImageError, load_image
 
     config, network, loss, info, _ = load_run(run_dir, checkpoint)
-    shape = tuple(config["model"]["input_shape"])
-    if len(shape) != 3 or shape[2] not in (1, 3):
-        raise DataError(f"predict reads image files; this model's input_shape is {list(shape)}")
-    max_pixels = config["data"].get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)  # npz/idx runs: the default
+    shape, max_pixels = image_input(config, "predict reads image files")
+    normalization = normalization_of(info)
     files = image_files(images)
     names = list(info.get("class_names") or [])
     result = Predictions([], names)
@@ -702,7 +712,7 @@ def predict(run_dir: str | Path, images: list[str | Path], *, checkpoint: str | 
                 result.skipped.append((str(path), err.reason))
         if not arrays:
             continue
-        x = apply_normalization(np.stack(arrays), normalization_of(info), network.dtype.type)  # (B, H, W, C)
+        x = apply_normalization(np.stack(arrays), normalization, network.dtype.type)  # (B, H, W, C)
         probs = class_probabilities(network.predict(x, loss=loss))  # (B, K)
         for path, p in zip(read, probs):
             k = int(np.argmax(p))
@@ -763,7 +773,7 @@ def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkp
     from the config and its seed, as ``train`` built it) or ``weights``. ``on_note(line)``
     hears which example the feature maps show."""
     from cnncli.data.augment import Augmenter
-    from cnncli.data.images import DEFAULT_MAX_IMAGE_PIXELS, animated_note, load_image
+    from cnncli.data.images import animated_note, load_image
     from cnncli.errors import InputError
     from cnncli.visualize import KERNEL_VIEWS, Example, augmented_png, feature_maps_png, kernels_png
 
@@ -773,12 +783,9 @@ def visualize_run(run_dir: Path, out: Path, *, image: Path | None = None, checkp
     written, warnings = [], []
     raw = None
     if image is not None:  # read, or refused in one line naming it, before anything is written
-        shape = tuple(cfg["model"]["input_shape"])
-        if len(shape) != 3 or shape[2] not in (1, 3):
-            raise DataError(f"{image}: --image needs a model that reads images; its input_shape is {list(shape)}")
+        shape, max_pixels = image_input(cfg, f"{image}: --image needs a model that reads images")
         animated: list[str] = []
-        raw = load_image(image, *shape, max_pixels=cfg["data"].get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
-                         animated=animated)
+        raw = load_image(image, *shape, max_pixels=max_pixels, animated=animated)
         if animated:
             warnings.append(animated_note(animated))
     out.mkdir(parents=True, exist_ok=True)

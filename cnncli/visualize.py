@@ -153,7 +153,7 @@ class Example:
     def label(self) -> str:
         """The source as a picture names it: a file by its name (a long path would run off
         the panel; the terminal line gives it whole)."""
-        return Path(self.source).name if "/" in self.source or "\\" in self.source else self.source
+        return Path(self.source).name
 
     def describe(self, separator: str = "\n", *, short: bool = False) -> str:
         """Where it comes from, its true class and the network's guess, ``separator`` between."""

@@ -156,6 +156,10 @@ def test_feature_maps_show_every_channel_numbered_the_input_and_its_classes():
     assert "true: circle" in picture.get_title() and "predicted: square (0.75)" in picture.get_title()
     assert "all 40 feature maps" in fig._suptitle.get_text()
     assert "validation example 0" in fig._suptitle.get_text()
+    # An image file is named by its file name: a whole path ran off the input's panel.
+    [(_, fig)] = feature_maps_figures(net, image, Example(image, "/a/long/folder/of/shots/plane.png"))
+    panel = next(ax for ax in fig.axes if ax.images)
+    assert panel.get_title().splitlines()[0] == "plane.png" and "folder" not in fig._suptitle.get_text()
 
 
 def test_visualize_says_which_example_and_every_file_and_writes_only_into_the_run(run, tmp_path, monkeypatch):

@@ -15,8 +15,9 @@ from cnncli.errors import CnnCliError
 @user_errors
 def visualize(
     run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the most recent under runs/)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Image for the feature maps (default: a validation "
-                                                               "example)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image for the feature maps (default: the first "
+                                                               "example of the test split, else the validation split, "
+                                                               "else the training split)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/visualize)."),
     kernels: str = typer.Option("change", "--kernels", help="kernels.png shows change (W - W0: what training "
                                                             "changed since the start) or weights (W); either on "

@@ -80,8 +80,7 @@ def run_figures(path: Path) -> dict[str, str]:
     return {"status": rs.read_status(path).get("status", "?"), "epochs": str(len(rows)),
             "best epoch (by)": _best_label(monitor, best), "val_accuracy at the best epoch": _figure(best, "val_accuracy"),
             "val_loss at the best epoch": _figure(best, "val_loss"),
-            "final accuracy": f"{final['accuracy']:.4f}" if final else "",
-            "final loss": f"{final['loss']:.4f}" if final else "",
+            "final accuracy": _figure(final, "accuracy"), "final loss": _figure(final, "loss"),
             "seconds": f"{sum(r['seconds'] for r in rows):.1f}" if rows else ""}
 
 
